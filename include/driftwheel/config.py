@@ -1,0 +1,270 @@
+"""One frozen, typed configuration object for the whole flywheel.
+
+It is built at the edge (inside a DAG task, in the CLI, in a benchmark) from the environment with
+:func:`Settings.from_env` and merged with a run's Params with :meth:`Settings.with_params`.
+Nothing in the library reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The 13 audio features of the Spotify Web API, in the order the study used them.
+SPOTIFY_AUDIO_FEATURES: tuple[str, ...] = (
+    "danceability",
+    "energy",
+    "key",
+    "loudness",
+    "mode",
+    "speechiness",
+    "acousticness",
+    "instrumentalness",
+    "liveness",
+    "valence",
+    "tempo",
+    "duration_ms",
+    "time_signature",
+)
+
+Strategy = Literal["transfer", "full"]
+SourceName = Literal["synthetic", "file"]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which columns mean what. Columns are configuration, so other tabular data sets work too."""
+
+    features: tuple[str, ...] = SPOTIFY_AUDIO_FEATURES
+    # Features a data set may lack: they are dropped from the model instead of failing the run.
+    optional_features: tuple[str, ...] = ("time_signature",)
+    target: str = "popularity"
+    id_column: str = "track_id"
+    period_column: str = "year"
+    # Carried through the curated store for the drift report and later models; not a model input yet.
+    extra_columns: tuple[str, ...] = ("artist_name", "song_name", "album_name")
+
+
+@dataclass(frozen=True)
+class FileSourceConfig:
+    """A landing folder of CSV or Parquet files and how their columns map onto the dataset spec."""
+
+    landing_dir: Path | None = None  # None: <state>/landing/file
+    pattern: str = "*"
+    # Source column -> spec column, e.g. {"track_popularity": "popularity"}.
+    column_map: Mapping[str, str] = field(default_factory=dict)
+    # A column holding a release date (any pandas-parsable format) from which the year is taken
+    # when the files have no period column of their own.
+    date_column: str | None = None
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    rows_per_year: int = 2000
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class ValidationPolicy:
+    # A batch with more than this share of bad rows is rejected whole.
+    max_bad_share: float = 0.05
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """When a new period warrants a retrain."""
+
+    # Share of drifted feature columns (Evidently's DataDriftPreset) that triggers a retrain.
+    max_drift_share: float = 0.5
+    retrain_on_target_drift: bool = True
+    # Retrain when the champion's production RMSE exceeds its own held-out RMSE by this fraction.
+    max_rmse_increase: float = 0.10
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """When a challenger replaces the champion."""
+
+    # The challenger's RMSE must be at least this fraction below the champion's.
+    min_improvement: float = 0.01
+    holdout_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    strategy: Strategy = "transfer"
+    freeze_layers: int = 3
+    epochs: int = 30
+    fine_tune_epochs: int = 30
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    # Share of the new period's size drawn from earlier periods and added to a transfer fine-tune.
+    replay_share: float = 0.0
+    seed: int = 0
+    # Years before the first model are pooled, as the study did: train once at warmup_end.
+    warmup_start: int = 2008
+    warmup_end: int = 2014
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    source: SourceName = "synthetic"
+    mlflow_tracking_uri: str | None = None  # None: a SQLite file in the state directory
+    experiment_name: str = "driftwheel"
+    model_name: str = "spotify_popularity"
+    dataset: DatasetSpec = DatasetSpec()
+    file_source: FileSourceConfig = FileSourceConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    validation: ValidationPolicy = ValidationPolicy()
+    drift: DriftPolicy = DriftPolicy()
+    gate: GatePolicy = GatePolicy()
+    training: TrainingConfig = TrainingConfig()
+    force_retrain: bool = False
+
+    # -- paths, all under the one state directory --------------------------------------------
+    @property
+    def landing_dir(self) -> Path:
+        if self.source == "file":
+            return self.file_source.landing_dir or self.state_dir / "landing" / "file"
+        return self.state_dir / "landing" / self.source
+
+    @property
+    def curated_dir(self) -> Path:
+        return self.state_dir / "curated"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.state_dir / "quarantine"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return (self.state_dir / "mlartifacts").as_uri()
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``FLYWHEEL_*`` variables; anything unset keeps its default.
+
+        ``FLYWHEEL_STATE_DIR`` (default ``<repo>/state``), ``FLYWHEEL_SOURCE``,
+        ``FLYWHEEL_MLFLOW_TRACKING_URI``, ``FLYWHEEL_MODEL_NAME``, ``FLYWHEEL_LANDING_DIR``,
+        ``FLYWHEEL_COLUMN_MAP`` (a JSON file, see :func:`load_column_map`),
+        ``FLYWHEEL_ROWS_PER_YEAR``, ``FLYWHEEL_EPOCHS``, ``FLYWHEEL_WARMUP_START``,
+        ``FLYWHEEL_WARMUP_END``.
+        """
+        env = os.environ if env is None else env
+        settings = cls(state_dir=Path(env.get("FLYWHEEL_STATE_DIR", REPO_ROOT / "state")))
+        changes: dict[str, Any] = {}
+        if "FLYWHEEL_SOURCE" in env:
+            changes["source"] = env["FLYWHEEL_SOURCE"]
+        if env.get("FLYWHEEL_MLFLOW_TRACKING_URI"):
+            changes["mlflow_tracking_uri"] = env["FLYWHEEL_MLFLOW_TRACKING_URI"]
+        if "FLYWHEEL_MODEL_NAME" in env:
+            changes["model_name"] = env["FLYWHEEL_MODEL_NAME"]
+        if "FLYWHEEL_EXPERIMENT" in env:
+            changes["experiment_name"] = env["FLYWHEEL_EXPERIMENT"]
+        settings = dataclasses.replace(settings, **changes)
+        if env.get("FLYWHEEL_COLUMN_MAP"):
+            settings = settings.with_file_source(**load_column_map(Path(env["FLYWHEEL_COLUMN_MAP"])))
+        if env.get("FLYWHEEL_LANDING_DIR"):
+            settings = settings.with_file_source(landing_dir=Path(env["FLYWHEEL_LANDING_DIR"]))
+        if "FLYWHEEL_ROWS_PER_YEAR" in env:
+            settings = dataclasses.replace(
+                settings,
+                synthetic=dataclasses.replace(
+                    settings.synthetic, rows_per_year=int(env["FLYWHEEL_ROWS_PER_YEAR"])
+                ),
+            )
+        training: dict[str, Any] = {}
+        for key, name in (
+            ("FLYWHEEL_EPOCHS", "epochs"),
+            ("FLYWHEEL_FINE_TUNE_EPOCHS", "fine_tune_epochs"),
+            ("FLYWHEEL_WARMUP_START", "warmup_start"),
+            ("FLYWHEEL_WARMUP_END", "warmup_end"),
+        ):
+            if key in env:
+                training[name] = int(env[key])
+        if training:
+            settings = dataclasses.replace(
+                settings, training=dataclasses.replace(settings.training, **training)
+            )
+        return settings
+
+    def with_file_source(self, **changes: Any) -> Settings:
+        spec_changes = {k: changes.pop(k) for k in ("features", "optional_features") if k in changes}
+        settings = dataclasses.replace(
+            self, file_source=dataclasses.replace(self.file_source, **changes)
+        )
+        if spec_changes:
+            settings = dataclasses.replace(
+                settings, dataset=dataclasses.replace(settings.dataset, **spec_changes)
+            )
+        return settings
+
+    def with_params(self, params: Mapping[str, Any]) -> Settings:
+        """Merge a run's Params (the DAG's trigger form) into these settings.
+
+        Unknown keys and ``None`` values are ignored, so a form left at its defaults changes nothing.
+        """
+        p = {k: v for k, v in params.items() if v is not None}
+        settings = self
+        if "source" in p:
+            settings = dataclasses.replace(settings, source=p["source"])
+        if "landing_dir" in p and p["landing_dir"]:
+            settings = settings.with_file_source(landing_dir=Path(p["landing_dir"]))
+        if "force_retrain" in p:
+            settings = dataclasses.replace(settings, force_retrain=bool(p["force_retrain"]))
+        training = {k: p[k] for k in ("strategy", "freeze_layers", "epochs", "replay_share") if k in p}
+        if training:
+            settings = dataclasses.replace(
+                settings, training=dataclasses.replace(settings.training, **training)
+            )
+        drift = {k: p[k] for k in ("max_drift_share", "max_rmse_increase") if k in p}
+        if drift:
+            settings = dataclasses.replace(settings, drift=dataclasses.replace(settings.drift, **drift))
+        if "min_improvement" in p:
+            settings = dataclasses.replace(
+                settings,
+                gate=dataclasses.replace(settings.gate, min_improvement=float(p["min_improvement"])),
+            )
+        if "max_bad_share" in p:
+            settings = dataclasses.replace(
+                settings, validation=ValidationPolicy(max_bad_share=float(p["max_bad_share"]))
+            )
+        return settings
+
+
+def load_column_map(path: Path) -> dict[str, Any]:
+    """Read a column-map file for the file source.
+
+    The file is JSON: ``{"columns": {"source name": "spec name", ...}, "date_column": "release_date",
+    "features": [...], "pattern": "*.csv"}``; every key is optional.
+    """
+    raw = json.loads(path.read_text())
+    out: dict[str, Any] = {}
+    if "columns" in raw:
+        out["column_map"] = dict(raw["columns"])
+    if "date_column" in raw:
+        out["date_column"] = raw["date_column"]
+    if "pattern" in raw:
+        out["pattern"] = raw["pattern"]
+    if "features" in raw:
+        out["features"] = tuple(raw["features"])
+    if "optional_features" in raw:
+        out["optional_features"] = tuple(raw["optional_features"])
+    return out

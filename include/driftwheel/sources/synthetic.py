@@ -1,0 +1,471 @@
+"""Synthetic Spotify-like tracks, one year at a time, for running the flywheel without real data.
+
+:func:`generate_year` imitates the public Spotify sample the flywheel was designed on (tracks
+released 2008-2019, 13 audio features, a popularity snapshot taken in 2020): the per-column
+marginals and the main correlations of the audio features, artists who recur across years with a
+lasting "star power", and a popularity label that drifts upward year after year.
+
+The drift follows a fixed schedule (:data:`POPULARITY_LEVEL` and :data:`COVARIATE_SHIFT`) so that
+a flywheel run has something to decide in every year: label and feature drift in 2015 and 2018,
+and stretches with no drift at all (2016-2017, 2020) in which the right decision is to skip.
+
+Everything is a pure function of ``(config.seed, year)``: the artist pool derives from the seed
+alone, a year's rows from ``numpy.random.default_rng([seed, year])``, so a year's frame is the
+same whichever other years were generated before it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import string
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from driftwheel.config import SPOTIFY_AUDIO_FEATURES, SyntheticConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["COLUMNS", "COVARIATE_SHIFT", "POPULARITY_LEVEL", "covariate_shift", "generate_year", "popularity_level"]
+
+COLUMNS: tuple[str, ...] = (
+    "year",
+    "track_id",
+    "artist_name",
+    "song_name",
+    "album_name",
+    *SPOTIFY_AUDIO_FEATURES,
+    "popularity",
+)
+_INT_COLUMNS = ("year", "key", "mode", "duration_ms", "time_signature", "popularity")
+_STR_COLUMNS = ("track_id", "artist_name", "song_name", "album_name")
+
+# -- the drift schedule ------------------------------------------------------------------------
+# Mean popularity of each year's tracks. 2008-2015 follow the real data's yearly means (a 2020
+# snapshot favours recent releases). After that the real data keeps rising every year; here it
+# plateaus in 2016-2017 and 2020 instead, because a flywheel is only worth testing if some years
+# call for a retrain and others do not: plateau years are the ones where "skip" is right.
+POPULARITY_LEVEL: dict[int, float] = {
+    2008: 51.0,
+    2009: 52.0,
+    2010: 53.4,
+    2011: 53.4,
+    2012: 54.8,
+    2013: 56.2,
+    2014: 57.4,
+    2015: 60.2,
+    2016: 60.3,  # plateau: no label drift ...
+    2017: 60.4,  # ... and no covariate drift below
+    2018: 64.4,  # jump, with covariate drift
+    2019: 66.4,
+    2020: 66.5,  # plateau again
+}
+
+# How far the feature distributions have moved from 2008, in standard deviations of a feature's
+# latent normal per unit of its :data:`_DRIFT_LOADINGS`. The warm-up years (pooled to train the
+# first model) drift slowly; 2015 and 2018 take steps large enough for a drift report to flag;
+# the plateau years repeat the previous value exactly, so their features are not drifted at all.
+COVARIATE_SHIFT: dict[int, float] = {
+    2008: 0.00,
+    2009: 0.05,
+    2010: 0.10,
+    2011: 0.15,
+    2012: 0.20,
+    2013: 0.25,
+    2014: 0.30,
+    2015: 0.90,  # step
+    2016: 0.90,
+    2017: 0.90,
+    2018: 1.70,  # step
+    2019: 1.90,
+    2020: 1.90,
+}
+
+# Outside the table the level follows the table's overall trend, kept well inside 0..100 so a
+# year's spread is not piled up against a bound; the covariate shift stays at its end value.
+_LEVEL_BOUNDS = (20.0, 80.0)
+
+# The direction of covariate drift, as in the real 2008-2019 data: more danceable, speechier,
+# shorter tracks, with less energy and lower valence, more acoustic, a bit quieter.
+_DRIFT_LOADINGS: dict[str, float] = {
+    "danceability": 0.30,
+    "speechiness": 0.25,
+    "duration_ms": -0.30,
+    "energy": -0.25,
+    "valence": -0.20,
+    "acousticness": 0.20,
+    "loudness": -0.20,
+}
+
+
+def popularity_level(year: int) -> float:
+    """The mean popularity of ``year``'s tracks: the table, or its linear trend outside it (clamped)."""
+    if year in POPULARITY_LEVEL:
+        return POPULARITY_LEVEL[year]
+    first, last = min(POPULARITY_LEVEL), max(POPULARITY_LEVEL)
+    slope = (POPULARITY_LEVEL[last] - POPULARITY_LEVEL[first]) / (last - first)
+    anchor = first if year < first else last
+    level = POPULARITY_LEVEL[anchor] + slope * (year - anchor)
+    return float(np.clip(level, *_LEVEL_BOUNDS))
+
+
+def covariate_shift(year: int) -> float:
+    """The covariate shift index of ``year``: the table, or its nearest end outside it."""
+    first, last = min(COVARIATE_SHIFT), max(COVARIATE_SHIFT)
+    return COVARIATE_SHIFT[min(max(year, first), last)]
+
+
+# -- audio features ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Margin:
+    """Maps a standard-normal latent ``z`` onto one feature's real-looking marginal distribution.
+
+    ``unit``: ``lo + (hi - lo) * expit(centre + scale * z)``, a bounded, beta-like shape;
+    ``log``: ``exp(centre + scale * z)``; ``neglog``: ``-exp(centre - scale * z)`` (loudness in dB).
+    The scale differs below and above the median (``scale_lo``/``scale_hi``) to give the skew of
+    the real columns. The parameters were fitted to the quantiles of the real 2008-2019 sample.
+    """
+
+    kind: Literal["unit", "log", "neglog"]
+    centre: float
+    scale_lo: float
+    scale_hi: float
+    lo: float = 0.0
+    hi: float = 1.0
+    decimals: int = 3
+    significant: bool = False  # round to `decimals` significant digits (tiny values stay non-zero)
+
+    def apply(self, z: np.ndarray) -> np.ndarray:
+        spread = z * np.where(z < 0, self.scale_lo, self.scale_hi)
+        if self.kind == "unit":
+            x = self.lo + (self.hi - self.lo) / (1.0 + np.exp(-(self.centre + spread)))
+            x = _round_significant(x, self.decimals) if self.significant else np.round(x, self.decimals)
+            return np.clip(x, 0.0, 1.0)
+        if self.kind == "log":
+            return np.round(np.exp(self.centre + spread), self.decimals)
+        return np.round(-np.exp(self.centre - spread), self.decimals)
+
+
+def _round_significant(x: np.ndarray, digits: int) -> np.ndarray:
+    # Like the Spotify API, which reports 8.5e-06 rather than 0.0 for an almost surely vocal track.
+    # Values below 1e-6 become 0, as the API's zeros do.
+    magnitude = np.floor(np.log10(np.maximum(np.abs(x), 1e-12)))
+    factor = 10.0 ** (digits - 1 - magnitude)
+    return np.where(x < 1e-6, 0.0, np.round(x * factor) / factor)
+
+
+# The continuous features, in the row order of _LOADINGS.
+_MARGINS: dict[str, _Margin] = {
+    "danceability": _Margin("unit", 0.43, 0.74, 0.77),
+    "energy": _Margin("unit", 0.71, 1.10, 1.20),
+    "loudness": _Margin("neglog", 1.83, 0.49, 0.42),
+    "speechiness": _Margin("unit", -3.42, 1.05, 1.70, lo=0.022, hi=0.97, decimals=4),
+    "acousticness": _Margin("unit", -1.93, 3.20, 2.40, decimals=3, significant=True),
+    "instrumentalness": _Margin("unit", -13.1, 8.6, 8.6, decimals=3, significant=True),
+    "liveness": _Margin("unit", -2.12, 0.55, 1.30, lo=0.02, decimals=4),
+    "valence": _Margin("unit", -0.15, 1.22, 1.30),
+    "tempo": _Margin("log", 4.79, 0.29, 0.24),
+    "duration_ms": _Margin("log", 12.295, 0.24, 0.23, decimals=0),
+}
+
+# A three-factor model of the features' latents ("intensity", "groove", "vocals"): it reproduces
+# the real data's main rank correlations (energy~loudness +0.75, energy~acousticness -0.6,
+# danceability~valence +0.4, vocals against instrumentalness) and is positive definite by
+# construction, which a hand-written correlation matrix need not be.
+_LOADINGS: dict[str, tuple[float, float, float]] = {
+    "danceability": (-0.05, 0.65, 0.25),
+    "energy": (0.85, 0.15, 0.10),
+    "loudness": (0.80, 0.15, 0.30),
+    "speechiness": (0.15, 0.20, 0.35),
+    "acousticness": (-0.72, 0.00, 0.00),
+    "instrumentalness": (-0.10, -0.20, -0.55),
+    "liveness": (0.20, 0.00, 0.00),
+    "valence": (0.30, 0.60, 0.10),
+    "tempo": (0.20, 0.00, 0.00),
+    "duration_ms": (0.00, -0.25, 0.00),
+}
+# Share of the factors' variance that is the artist's style rather than the track's: an artist's
+# tracks sound alike, so features carry a little information about who made them.
+_ARTIST_STYLE_SHARE = 0.35
+
+_KEYS = np.arange(12)
+_KEY_P = np.array([0.115, 0.116, 0.098, 0.032, 0.071, 0.083, 0.073, 0.104, 0.073, 0.089, 0.068, 0.078])
+_MAJOR_P = 0.66
+_TIME_SIGNATURES = np.array([4, 3, 5, 1])
+_TIME_SIGNATURE_P = np.array([0.909, 0.070, 0.014, 0.007])
+
+# -- popularity --------------------------------------------------------------------------------
+_ARTIST_EFFECT_STD = 4.0
+_NOISE_STD = 4.0
+# Gamma shape of the artist effect and of the noise: the real label is right-skewed (a year's
+# search results have a floor and a few hits), skewness about 0.8 within a year.
+_SKEW_SHAPE = 2.0
+# Scales the feature term of popularity to a standard deviation of about 3 points: within a year
+# the audio features explain little, as in the real data.
+_FEATURE_EFFECT_SCALE = 1.25
+
+
+def _feature_effect(f: dict[str, np.ndarray]) -> np.ndarray:
+    """A smooth, mildly non-linear function of a few features (the part a model can learn)."""
+    dance = (f["danceability"] - 0.6) / 0.17
+    energy = (f["energy"] - 0.64) / 0.22
+    loud = np.tanh((f["loudness"] + 7.0) / 4.0)
+    acoustic = (f["acousticness"] - 0.25) / 0.29
+    speech = (np.sqrt(f["speechiness"]) - 0.28) / 0.13
+    effect = 1.6 * dance - 0.4 * dance**2 - 1.0 * energy + 1.0 * loud - 0.6 * acoustic + 0.5 * speech
+    return _FEATURE_EFFECT_SCALE * effect
+
+
+# -- artists -----------------------------------------------------------------------------------
+# The pool covers debuts well before and after the 2008-2020 window so that every year inside it
+# sees a steady mix of newcomers and veterans. Years outside the roster window reuse the roster of
+# its nearest end, so far-off years never run out of artists.
+_POOL_SIZE = 6000
+_DEBUT_YEARS = (1990, 2030)
+_ROSTER_YEARS = (2000, 2030)
+_MEAN_EXTRA_ACTIVE_YEARS = 6.0
+_VISIBILITY_SIGMA = 1.0  # lognormal spread of how many tracks an artist places in a year
+_HOT_YEAR_SIGMA = 0.6  # year-to-year swing of the same
+_MAX_WEIGHT_RATIO = 15.0
+
+
+@dataclass(frozen=True)
+class _ArtistPool:
+    names: np.ndarray  # object, unique
+    debut: np.ndarray  # first active year
+    last: np.ndarray  # last active year
+    visibility: np.ndarray  # relative chance of a track in an active year
+    effect: np.ndarray  # popularity points added to every track (centred, std ~4)
+    style: np.ndarray  # (n, 3) latent factors of the artist's sound
+
+
+# Names are built from syllables and small word lists rather than a fake-data library, so that
+# they depend on nothing but the seed (a library upgrade must not rename every artist).
+_ONSETS = ("b", "br", "d", "f", "g", "j", "k", "l", "m", "n", "p", "r", "s", "sh", "t", "tr", "v", "z")
+_VOWELS = ("a", "a", "e", "e", "i", "o", "o", "u", "ay", "ee")
+_CODAS = ("", "", "", "n", "n", "r", "l", "s", "x", "th", "nd", "k")
+_ADJECTIVES = tuple(
+    "Golden Broken Electric Silent Wild Lonely Neon Velvet Crazy Sweet Cold Burning Hollow "
+    "Midnight Blue Black Little Lucky Restless Secret Summer Fading Higher Dirty Perfect".split()
+)
+_NOUNS = tuple(
+    "Heart Night Fire Love Dream City River Road Rain Star Light Sky Ghost Ocean Shadow Summer "
+    "Paradise Money Youth Angel Thunder Mirror Garden Highway Echo Crown Wolf Rose Diamond Storm "
+    "Moon Body Kingdom Island Signal Motion Gravity Daylight Avenue Horizon".split()
+)
+_VERBS = tuple("Hold Run Dance Call Break Wait Fall Stay Burn Chase Drive Shine Breathe Believe Let Go".split())
+_OBJECTS = tuple("Me You Us It Tonight Forever Away Home Again Alone".split())
+_PREFIXES = ("Lil", "DJ", "Young", "MC", "Los", "Big")
+_ALBUM_SUFFIXES = ("", "", "", "", "", " (Deluxe Edition)", " (Remastered)", " - EP", " (Expanded Edition)")
+_FEAT_SHARE = 0.07
+_SINGLE_SHARE = 0.30
+
+
+# Every onset-vowel pair, so that a word is a few tuple look-ups rather than string building.
+_SYLLABLES = tuple(onset + vowel for onset in _ONSETS for vowel in _VOWELS)
+
+
+def _words(rng: np.random.Generator, n: int, syllables: tuple[int, int]) -> list[str]:
+    """``n`` capitalised made-up words of ``syllables`` (min, max) syllables, e.g. "Delvin"."""
+    fewest, most = syllables
+    counts = rng.integers(fewest, most + 1, size=n).tolist()
+    parts = rng.integers(len(_SYLLABLES), size=(n, most)).tolist()
+    codas = rng.integers(len(_CODAS), size=n).tolist()
+    return [
+        ("".join([_SYLLABLES[p] for p in part[:count]]) + _CODAS[coda]).capitalize()
+        for count, part, coda in zip(counts, parts, codas, strict=True)
+    ]
+
+
+def _artist_names(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` artist names, not necessarily unique: people, bands and stage names."""
+    form = rng.random(n)
+    first, last, single = _words(rng, n, (1, 2)), _words(rng, n, (2, 3)), _words(rng, n, (2, 3))
+    adjective = rng.integers(len(_ADJECTIVES), size=n)
+    noun = rng.integers(len(_NOUNS), size=n)
+    prefix = rng.integers(len(_PREFIXES), size=n)
+    names = []
+    for i in range(n):
+        if form[i] < 0.55:  # "Tavo Brenith"
+            names.append(f"{first[i]} {last[i]}")
+        elif form[i] < 0.65:  # "The Neon Wolfs": band names need not be grammatical
+            names.append(f"The {_ADJECTIVES[adjective[i]]} {_NOUNS[noun[i]]}s")
+        elif form[i] < 0.75:  # "Velvet Garden"
+            names.append(f"{_ADJECTIVES[adjective[i]]} {_NOUNS[noun[i]]}")
+        elif form[i] < 0.88:  # "Lil Zaro"
+            names.append(f"{_PREFIXES[prefix[i]]} {first[i]}")
+        else:  # "Shaylor"
+            names.append(single[i])
+    return names
+
+
+def _titles(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` song or album titles such as "Golden Youth", "Hold Me", "Shadow of the River"."""
+    form = rng.random(n)
+    adjective = rng.integers(len(_ADJECTIVES), size=n)
+    noun = rng.integers(len(_NOUNS), size=(n, 2))
+    verb = rng.integers(len(_VERBS), size=n)
+    obj = rng.integers(len(_OBJECTS), size=n)
+    titles = []
+    for i in range(n):
+        if form[i] < 0.35:
+            titles.append(f"{_ADJECTIVES[adjective[i]]} {_NOUNS[noun[i, 0]]}")
+        elif form[i] < 0.6:
+            titles.append(f"{_VERBS[verb[i]]} {_OBJECTS[obj[i]]}")
+        elif form[i] < 0.85:
+            titles.append(_NOUNS[noun[i, 0]])
+        else:
+            titles.append(f"{_NOUNS[noun[i, 0]]} of the {_NOUNS[noun[i, 1]]}")
+    return titles
+
+
+@functools.lru_cache(maxsize=8)
+def _artist_pool(seed: int) -> _ArtistPool:
+    """The seed's artists: names, active years, visibility, star power and style. Read-only arrays."""
+    rng = np.random.default_rng(seed)
+    names: list[str] = []
+    seen: set[str] = set()
+    while len(names) < _POOL_SIZE:
+        for name in _artist_names(rng, _POOL_SIZE):
+            # A repeated name would merge two artists' histories: keep the first.
+            if name not in seen and len(names) < _POOL_SIZE:
+                seen.add(name)
+                names.append(name)
+    debut = rng.integers(_DEBUT_YEARS[0], _DEBUT_YEARS[1] + 1, size=_POOL_SIZE)
+    # Geometric careers: most artists last a few years, a few are active for decades.
+    last = debut + rng.geometric(1.0 / (1.0 + _MEAN_EXTRA_ACTIVE_YEARS), size=_POOL_SIZE) - 1
+    visibility = rng.lognormal(0.0, _VISIBILITY_SIGMA, size=_POOL_SIZE)
+    star = rng.gamma(_SKEW_SHAPE, 1.0, size=_POOL_SIZE)
+    effect = (star - _SKEW_SHAPE) / np.sqrt(_SKEW_SHAPE) * _ARTIST_EFFECT_STD
+    style = rng.standard_normal((_POOL_SIZE, 3))
+    pool = _ArtistPool(np.array(names, dtype=object), debut, last, visibility, effect, style)
+    for array in (pool.names, pool.debut, pool.last, pool.visibility, pool.effect, pool.style):
+        array.setflags(write=False)  # cached and shared between calls
+    return pool
+
+
+# -- ids ---------------------------------------------------------------------------------------
+_BASE62 = np.frombuffer((string.digits + string.ascii_uppercase + string.ascii_lowercase).encode(), dtype=np.uint8)
+_ID_LENGTH = 22
+
+
+def _track_ids(seed: int, year: int, n: int) -> np.ndarray:
+    """Spotify-like ids: 22 base62 characters spelling a 128-bit hash of (seed, year, row).
+
+    Each 64-bit half gives 11 characters (62**11 > 2**64), so distinct hashes give distinct ids.
+    """
+    digests = b"".join(hashlib.blake2b(f"{seed}/{year}/{row}".encode(), digest_size=16).digest() for row in range(n))
+    halves = np.frombuffer(digests, dtype=">u8").astype(np.uint64).reshape(n, 2)
+    powers = np.uint64(62) ** np.arange(_ID_LENGTH // 2 - 1, -1, -1, dtype=np.uint64)
+    digits = (halves[:, :, None] // powers) % np.uint64(62)  # (n, 2, 11), most significant first
+    codes = np.ascontiguousarray(_BASE62[digits.reshape(n, _ID_LENGTH)])
+    return codes.view(f"S{_ID_LENGTH}").ravel().astype(str).astype(object)
+
+
+# -- the generator -----------------------------------------------------------------------------
+def generate_year(year: int, config: SyntheticConfig = SyntheticConfig()) -> pd.DataFrame:
+    """Generate ``config.rows_per_year`` Spotify-like tracks released in ``year``.
+
+    Returns a frame with the columns of :data:`COLUMNS` in that order: ``year``, ``key``,
+    ``mode``, ``duration_ms``, ``time_signature`` and ``popularity`` (0..100) as int64, the other
+    features as float64 (unit-interval features in [0, 1], loudness in dB below 0, tempo above 0),
+    ids and names as strings; ``track_id`` is unique across years. Rows are in random order.
+
+    The frame depends only on ``(config.seed, year)``. Any year >= 0 works: outside 2008-2020 the
+    popularity level follows the trend of :data:`POPULARITY_LEVEL` and features do not drift.
+    """
+    if year < 0 or config.seed < 0:
+        raise ValueError(f"year and seed must be non-negative, got year={year}, seed={config.seed}")
+    if config.rows_per_year < 0:
+        raise ValueError(f"rows_per_year must be non-negative, got {config.rows_per_year}")
+    n = config.rows_per_year
+    pool = _artist_pool(config.seed)
+    rng = np.random.default_rng([config.seed, year])
+
+    artists = _draw_artists(pool, year, n, rng)
+    features = _draw_features(pool.style[artists], covariate_shift(year), rng)
+
+    # Centred within the year, so that the year's mean is the schedule's level whichever artists
+    # happened to release that year: the plateau years stay flat.
+    signal = pool.effect[artists] + _feature_effect(features)
+    signal = signal - signal.mean() if n else signal
+    noise = (rng.gamma(_SKEW_SHAPE, 1.0, size=n) - _SKEW_SHAPE) / np.sqrt(_SKEW_SHAPE) * _NOISE_STD
+    popularity = np.clip(np.round(popularity_level(year) + signal + noise), 0, 100)
+
+    artist_names = pool.names[artists]
+    songs = _song_names(pool, artists, rng)
+    frame = pd.DataFrame(
+        {
+            "year": np.full(n, year),
+            "track_id": _track_ids(config.seed, year, n),
+            "artist_name": artist_names,
+            "song_name": songs,
+            "album_name": _album_names(artists, songs, rng),
+            **features,
+            "key": rng.choice(_KEYS, size=n, p=_KEY_P / _KEY_P.sum()),
+            "mode": (rng.random(n) < _MAJOR_P).astype(np.int64),
+            "time_signature": rng.choice(_TIME_SIGNATURES, size=n, p=_TIME_SIGNATURE_P / _TIME_SIGNATURE_P.sum()),
+            "popularity": popularity,
+        }
+    )
+    frame = frame.iloc[rng.permutation(n)].reset_index(drop=True)[list(COLUMNS)]
+    frame = frame.astype({c: "int64" for c in _INT_COLUMNS} | {c: object for c in _STR_COLUMNS})
+    logger.debug(
+        "generated %d synthetic tracks for %d (seed %d, level %.1f, covariate shift %.2f)",
+        n,
+        year,
+        config.seed,
+        popularity_level(year),
+        covariate_shift(year),
+    )
+    return frame
+
+
+def _draw_artists(pool: _ArtistPool, year: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Pool indices of the artists of ``n`` tracks, drawn among those active in ``year``."""
+    roster_year = min(max(year, _ROSTER_YEARS[0]), _ROSTER_YEARS[1])
+    active = np.flatnonzero((pool.debut <= roster_year) & (roster_year <= pool.last))
+    # Some artists have a hot year: several tracks in one year, then fewer the next.
+    weight = pool.visibility[active] * rng.lognormal(0.0, _HOT_YEAR_SIGMA, size=active.size)
+    # Capped, or the heavy tail gives one artist a hundred tracks in a year; real years top out
+    # at a few dozen.
+    weight = np.minimum(weight, _MAX_WEIGHT_RATIO * np.median(weight))
+    return rng.choice(active, size=n, p=weight / weight.sum())
+
+
+def _draw_features(style: np.ndarray, shift: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The audio features of tracks whose artists have ``style``; continuous ones only."""
+    n = style.shape[0]
+    factors = np.sqrt(_ARTIST_STYLE_SHARE) * style + np.sqrt(1.0 - _ARTIST_STYLE_SHARE) * rng.standard_normal((n, 3))
+    loadings = np.array(list(_LOADINGS.values()))
+    own = np.sqrt(1.0 - (loadings**2).sum(axis=1))
+    latent = factors @ loadings.T + own * rng.standard_normal((n, len(_LOADINGS)))
+    drift = np.array([_DRIFT_LOADINGS.get(name, 0.0) for name in _LOADINGS])
+    latent = latent + shift * drift
+    return {name: _MARGINS[name].apply(latent[:, i]) for i, name in enumerate(_LOADINGS)}
+
+
+def _song_names(pool: _ArtistPool, artists: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """A title per track; a few feature a guest artist from the pool."""
+    titles = _titles(rng, artists.size)
+    guests = rng.integers(len(pool.names), size=artists.size)
+    featuring = (rng.random(artists.size) < _FEAT_SHARE) & (guests != artists)
+    return [
+        f"{title} (feat. {pool.names[guest]})" if feat else title
+        for title, guest, feat in zip(titles, guests, featuring, strict=True)
+    ]
+
+
+def _album_names(artists: np.ndarray, songs: list[str], rng: np.random.Generator) -> list[str]:
+    """One album per artist and year; some tracks are singles, released under their own title."""
+    released = np.unique(artists)
+    suffixes = rng.integers(len(_ALBUM_SUFFIXES), size=released.size)
+    albums = dict(
+        zip(released.tolist(), (t + _ALBUM_SUFFIXES[s] for t, s in zip(_titles(rng, released.size), suffixes, strict=True)), strict=True)
+    )
+    single = rng.random(artists.size) < _SINGLE_SHARE
+    return [song if is_single else albums[a] for a, song, is_single in zip(artists.tolist(), songs, single, strict=True)]

@@ -1,0 +1,331 @@
+"""The flywheel's steps, one function per DAG task, each returning a small JSON-able dict.
+
+These compose the stage modules; the DAG tasks, the CLI and the benchmarks call them alike.
+Every step is keyed by the period and idempotent: a rerun overwrites its artifacts, logs into the
+same MLflow run and reuses a model version trained from the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from typing import Any
+
+import pandas as pd
+
+from driftwheel import decide, evaluate, registry, report, sources, store, validate
+from driftwheel.config import Settings
+from driftwheel.decide import Decision, DriftSummary
+
+logger = logging.getLogger(__name__)
+
+
+# -- shared plumbing ---------------------------------------------------------------------------
+def _client(settings: Settings) -> Any:
+    return registry.connect(settings.tracking_uri)
+
+
+def _experiment(settings: Settings, client: Any) -> str:
+    uri = settings.tracking_uri
+    artifacts = None if uri.startswith(("http://", "https://")) else settings.artifact_location
+    return report.experiment_id(client, settings.experiment_name, artifacts)
+
+
+def _features(frame: pd.DataFrame, settings: Settings) -> tuple[str, ...]:
+    return tuple(f for f in settings.dataset.features if f in frame.columns)
+
+
+def _training_periods(version: Any) -> list[int]:
+    return [int(p) for p in version.tags[registry.T_TRAINING_PERIODS].split(",")]
+
+
+def _split(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) of a period, split by a hash of the row id."""
+    mask = evaluate.holdout_mask(frame[settings.dataset.id_column], settings.gate.holdout_fraction)
+    return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
+
+
+# -- ingest and validate -------------------------------------------------------------------------
+def ingest_tracks(settings: Settings, period: int) -> dict[str, Any]:
+    """Land the period's raw data (the synthetic source generates it; the file source checks it)."""
+    landed = sources.land_period(settings, period)
+    return {"period": period, "landing_dir": str(landed.landing_dir), "files": [p.name for p in landed.files]}
+
+
+def validate_tracks(settings: Settings, period: int) -> dict[str, Any]:
+    """Validate the landed batch; curate the good rows, quarantine the bad ones.
+
+    Raises :class:`driftwheel.validate.BatchRejected` (nothing curated, nothing else touched)
+    when the batch is unusable.
+    """
+    batch = sources.read_period(settings, period)
+    result = validate.validate_batch(batch, settings.dataset, settings.validation)
+    quarantine = store.write_quarantine(settings.quarantine_dir, period, result.quarantined)
+    curated = store.write_partition(settings.curated_dir, period, result.valid)
+    return {
+        "period": period,
+        "rows": len(result.valid),
+        "quarantined": len(result.quarantined),
+        "curated_path": str(curated),
+        "quarantine_path": str(quarantine) if quarantine else None,
+        "features": list(result.features),
+    }
+
+
+# -- drift and decision --------------------------------------------------------------------------
+def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Drift of the period against the champion's training data, and the champion's production RMSE.
+
+    The champion is scored on the whole new period before anything is trained on it. Returns the
+    :class:`DriftSummary` fields plus the MLflow run id of the period and the report's path.
+    """
+    client = _client(settings)
+    run_id = report.period_run(client, _experiment(settings, client), period, {"flywheel.source": settings.source, **(run_tags or {})})
+    current = store.read_partition(settings.curated_dir, period)
+    spec = settings.dataset
+    champion = registry.champion_for_period(client, settings.model_name, period)
+
+    if champion is not None:
+        reference_periods = _training_periods(champion)
+    else:
+        earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
+        reference_periods = earlier[-1:]
+    drift = None
+    if reference_periods:
+        reference = store.read_partitions(settings.curated_dir, reference_periods)
+        # Evidently takes seconds to import; only this step needs it.
+        from driftwheel.drift import drift_report
+
+        drift = drift_report(
+            current, reference, _features(current, settings), spec.target, settings.reports_dir / f"year={period}"
+        )
+        client.log_artifact(run_id, str(drift.html_path), "drift")
+        client.log_artifact(run_id, str(drift.json_path), "drift")
+
+    production_rmse = None
+    holdout_rmse = None
+    if champion is not None:
+        model = registry.load_trained(champion)
+        production_rmse = evaluate.rmse(current[spec.target], model.predict(current))
+        holdout_rmse = float(champion.tags[registry.T_HOLDOUT_RMSE]) if registry.T_HOLDOUT_RMSE in champion.tags else None
+
+    summary = DriftSummary(
+        period=period,
+        rows=len(current),
+        drift_share=drift.drift_share if drift else None,
+        drifted_columns=drift.drifted_columns if drift else None,
+        target_drift_score=drift.target_drift_score if drift else None,
+        target_drifted=drift.target_drifted if drift else None,
+        production_rmse=production_rmse,
+        champion_version=champion.version if champion else None,
+        champion_holdout_rmse=holdout_rmse,
+    )
+    report.record(
+        client,
+        run_id,
+        metrics={
+            "rows": summary.rows,
+            "drift_share": summary.drift_share,
+            "drifted_columns": summary.drifted_columns,
+            "target_drift_score": summary.target_drift_score,
+            "production_rmse": production_rmse,
+        },
+        tags={
+            report.T_TARGET_DRIFTED: summary.target_drifted,
+            report.T_DRIFT_REPORT: str(drift.html_path) if drift else None,
+            "flywheel.production_champion": summary.champion_version,
+            "flywheel.reference_periods": ",".join(map(str, reference_periods)) or None,
+        },
+    )
+    if production_rmse is not None:
+        logger.info("champion v%s on %s before retraining: RMSE %.2f", champion.version, period, production_rmse)
+    return {
+        **dataclasses.asdict(summary),
+        "mlflow_run_id": run_id,
+        "report_html": str(drift.html_path) if drift else None,
+    }
+
+
+def decide_retrain(settings: Settings, drift_summary: dict[str, Any]) -> Decision:
+    """The pure decision on the summary, recorded on the period's run."""
+    fields = {f.name for f in dataclasses.fields(DriftSummary)}
+    summary = DriftSummary(**{k: v for k, v in drift_summary.items() if k in fields})
+    decision = decide.should_retrain(
+        summary, settings.drift, warmup_end=settings.training.warmup_end, force=settings.force_retrain
+    )
+    report.record(
+        _client(settings),
+        drift_summary["mlflow_run_id"],
+        tags={report.T_DECISION: decision.action, report.T_DECISION_REASON: decision.reason[:500]},
+    )
+    logger.info("period %s: %s (%s)", summary.period, decision.action, decision.reason)
+    return decision
+
+
+# -- retrain, gate, promote ------------------------------------------------------------------------
+def _fingerprint(train: pd.DataFrame, **inputs: Any) -> str:
+    data_hash = int(pd.util.hash_pandas_object(train, index=False).sum()) & (2**63 - 1)
+    payload = json.dumps({"data": data_hash, **inputs}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any]:
+    """Train a challenger for ``period`` and register it (alias ``challenger``).
+
+    ``transfer`` fine-tunes the production model on the period's training split (plus a replay
+    sample of earlier periods if configured); ``full``, and a cold start, train from scratch —
+    a cold start on the pooled warm-up periods. A version trained from identical inputs before
+    is reused, not registered again.
+    """
+    from driftwheel import model as model_lib
+
+    client = _client(settings)
+    spec, cfg = settings.dataset, settings.training
+    parent = registry.champion_for_period(client, settings.model_name, period)
+    current = store.read_partition(settings.curated_dir, period)
+    train, _ = _split(current, settings)
+    latest_train = train
+
+    strategy = cfg.strategy if parent is not None else "full"
+    training_periods = [period]
+    if parent is None:
+        earlier = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p < period]
+        if earlier:
+            train = pd.concat([store.read_partitions(settings.curated_dir, earlier), train], ignore_index=True)
+        training_periods = [*earlier, period]
+    elif strategy == "transfer" and cfg.replay_share > 0:
+        earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
+        if earlier:
+            pool = store.read_partitions(settings.curated_dir, earlier)
+            replay = pool.sample(n=min(len(pool), int(cfg.replay_share * len(train))), random_state=cfg.seed)
+            train = pd.concat([train, replay], ignore_index=True)
+
+    features = _features(current, settings)
+    parent_model = registry.load_trained(parent) if parent is not None else None
+    if strategy == "transfer" and parent_model is not None and not set(parent_model.preprocessing.features) <= set(features):
+        logger.warning("period %s lacks features of the champion; training from scratch instead", period)
+        strategy = "full"
+
+    fingerprint = _fingerprint(
+        train[[spec.id_column, *features, spec.target]],
+        period=period,
+        strategy=strategy,
+        parent=parent.version if parent else None,
+        training=dataclasses.asdict(cfg),
+    )
+    existing = registry.find_version(client, settings.model_name, fingerprint)
+    if existing is not None:
+        logger.info("period %s: version %s was trained from the same inputs; reusing it", period, existing.version)
+        report.record(client, run_id, tags={report.T_CHALLENGER: existing.version})
+        return {"version": existing.version, "strategy": strategy, "reused": True, "train_seconds": 0.0}
+
+    if strategy == "transfer" and parent_model is not None:
+        trained = model_lib.fine_tune(parent_model, train, spec.target, cfg)
+    else:
+        trained = model_lib.train_full(train, features, spec.target, cfg)
+        if parent is None and len(training_periods) > 1:
+            # The pooled warm-up years sit at older label levels; adapting the head to the
+            # newest period's training split starts production at the current level.
+            adapted = model_lib.fine_tune(trained, latest_train, spec.target, cfg)
+            adapted.train_seconds += trained.train_seconds
+            adapted.strategy = "full"
+            trained = adapted
+
+    version = registry.log_and_register(
+        trained,
+        client=client,
+        name=settings.model_name,
+        run_id=run_id,
+        tags={
+            registry.T_PERIOD: str(period),
+            registry.T_TRAINED_THROUGH: str(period),
+            registry.T_TRAINING_PERIODS: ",".join(map(str, training_periods)),
+            registry.T_STRATEGY: strategy,
+            registry.T_PARENT: parent.version if parent else "",
+            registry.T_FINGERPRINT: fingerprint,
+            "flywheel.train_rows": str(len(train)),
+        },
+    )
+    report.record(
+        client,
+        run_id,
+        metrics={"train_seconds": trained.train_seconds, "train_rows": len(train), "final_train_loss": trained.epoch_losses[-1]},
+        tags={report.T_CHALLENGER: version.version, "flywheel.strategy": strategy},
+    )
+    return {"version": version.version, "strategy": strategy, "reused": False, "train_seconds": round(trained.train_seconds, 3)}
+
+
+def evaluate_challenger(settings: Settings, period: int, run_id: str, version: str) -> dict[str, Any]:
+    """The gate on the period's held-out split: challenger vs production champion vs baseline.
+
+    The baseline predicts the previous period's mean label (known before this period's labels).
+    """
+    client = _client(settings)
+    spec = settings.dataset
+    current = store.read_partition(settings.curated_dir, period)
+    _, holdout = _split(current, settings)
+    y = holdout[spec.target]
+
+    challenger_version = client.get_model_version(settings.model_name, version)
+    challenger_rmse = evaluate.rmse(y, registry.load_trained(challenger_version).predict(holdout))
+    champion = registry.champion_for_period(client, settings.model_name, period)
+    champion_rmse = evaluate.rmse(y, registry.load_trained(champion).predict(holdout)) if champion else None
+
+    if store.has_partition(settings.curated_dir, period - 1):
+        baseline_level = float(store.read_partition(settings.curated_dir, period - 1)[spec.target].mean())
+    else:
+        baseline_level = float(_split(current, settings)[0][spec.target].mean())
+    baseline_rmse = evaluate.rmse(y, pd.Series(baseline_level, index=y.index))
+
+    gate = evaluate.passes_gate(challenger_rmse, champion_rmse, baseline_rmse, settings.gate)
+    for key, value in (
+        (registry.T_HOLDOUT_RMSE, f"{challenger_rmse:.4f}"),
+        ("flywheel.gate.champion_rmse", "" if champion_rmse is None else f"{champion_rmse:.4f}"),
+        ("flywheel.gate.baseline_rmse", f"{baseline_rmse:.4f}"),
+        ("flywheel.gate.passed", str(gate.passed)),
+    ):
+        client.set_model_version_tag(settings.model_name, version, key, value)
+    report.record(
+        client,
+        run_id,
+        metrics={"challenger_rmse": challenger_rmse, "champion_holdout_rmse": champion_rmse, "baseline_rmse": baseline_rmse},
+        tags={report.T_GATE: "passed" if gate.passed else "rejected", report.T_GATE_REASON: gate.reason[:500]},
+    )
+    logger.info("gate for v%s on %s: %s", version, period, gate.reason)
+    return {**dataclasses.asdict(gate), "version": version}
+
+
+def promote_champion(settings: Settings, run_id: str, version: str) -> dict[str, Any]:
+    client = _client(settings)
+    promotion = registry.promote(client, settings.model_name, version)
+    report.record(client, run_id, tags={report.T_PROMOTED: promotion.promoted, "flywheel.promotion": promotion.reason})
+    return dataclasses.asdict(promotion)
+
+
+def reject_challenger(settings: Settings, run_id: str, version: str, reason: str) -> dict[str, Any]:
+    client = _client(settings)
+    registry.reject(client, settings.model_name, version, reason)
+    report.record(client, run_id, tags={report.T_PROMOTED: False})
+    return {"version": version, "rejected": True}
+
+
+def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: str | None = None) -> dict[str, Any]:
+    """Record the period's outcome (champion after the period) and close its MLflow run."""
+    client = _client(settings)
+    champion = registry.champion(client, settings.model_name)
+    tags = client.get_run(run_id).data.tags
+    report.record(
+        client,
+        run_id,
+        tags={
+            report.T_CHAMPION: champion.version if champion else None,
+            report.T_PROMOTED: tags.get(report.T_PROMOTED, "False"),
+            "flywheel.airflow_run_id": airflow_run_id,
+        },
+    )
+    client.set_terminated(run_id, "FINISHED")
+    row = next(r for r in report.period_table(client, _experiment(settings, client)) if r.year == period)
+    logger.info("period %s done: %s", period, row)
+    return dataclasses.asdict(row)

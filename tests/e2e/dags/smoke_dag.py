@@ -1,0 +1,34 @@
+"""A trivial three-task DAG for the end-to-end tests of driftwheel.local_stack."""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag, task
+
+
+@dag(
+    dag_id="stack_smoke",
+    schedule="@yearly",
+    start_date=pendulum.datetime(2008, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["e2e"],
+)
+def stack_smoke() -> None:
+    @task
+    def extract(logical_date: pendulum.DateTime | None = None) -> int:
+        assert logical_date is not None
+        return logical_date.year
+
+    @task
+    def transform(year: int) -> int:
+        return year * 2
+
+    @task
+    def load(value: int) -> None:
+        assert value % 2 == 0
+
+    load(transform(extract()))
+
+
+stack_smoke()

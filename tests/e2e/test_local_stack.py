@@ -1,0 +1,136 @@
+"""End to end: the real Airflow 3 scheduler backfills a trivial DAG through driftwheel.local_stack."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import psycopg2
+import pytest
+import sqlalchemy
+
+from driftwheel.local_stack import LocalStack, RunState, StackConfig
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = Path(__file__).resolve().parent / "dags"
+DAG_ID = "stack_smoke"
+TASKS = {"extract", "transform", "load"}
+SERVER = "postgresql://postgres@127.0.0.1:5432"  # the machine's PostgreSQL, trust auth
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    # Unix socket paths are limited to ~100 characters; the embedded PostgreSQL's socket lives here.
+    if len(str(tmp_path)) <= 60:
+        yield tmp_path
+        return
+    short = Path(tempfile.mkdtemp(prefix="flywheel-e2e-", dir="/tmp"))
+    yield short
+    shutil.rmtree(short, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _recreate_database(name: str) -> str:
+    conn = psycopg2.connect(f"{SERVER}/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cur.execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+
+
+def _log_task_timings(stack: LocalStack, wall: float) -> None:
+    """Seconds per task instance: in the task (start->end) and over the backfill's wall time."""
+    conn = psycopg2.connect(stack.airflow_db_uri.replace("+psycopg2", ""))
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT COUNT(*), AVG(EXTRACT(EPOCH FROM end_date - start_date)),"
+            " EXTRACT(EPOCH FROM MAX(end_date) - MIN(start_date))"
+            " FROM task_instance WHERE dag_id = %s",
+            (DAG_ID,),
+        )
+        n, in_task, span = cur.fetchone()
+    conn.close()
+    log.info(
+        "%d task instances: %.2fs each inside the task, first start to last end %.1fs "
+        "(%.2fs per task instance), backfill wall %.1fs (%.2fs per task instance)",
+        n, in_task, span, span / n, wall, wall / n,
+    )  # fmt: skip
+
+
+def _backfill_and_check(stack: LocalStack, start: date, end: date, years: int) -> None:
+    stack.wait_for_dag(DAG_ID)
+    finished: list[RunState] = []
+    t0 = time.monotonic()
+    runs = stack.backfill(DAG_ID, start, end, timeout=900, on_run_finished=finished.append)
+    wall = time.monotonic() - t0
+    log.info("backfill of %d runs took %.1fs", len(runs), wall)
+
+    assert [r.logical_date.year for r in runs if r.logical_date] == list(
+        range(start.year, start.year + years)
+    )
+    assert [r.state for r in runs] == ["success"] * years
+    assert sorted(r.run_id for r in finished) == sorted(r.run_id for r in runs)
+    for run in runs:
+        assert stack.task_states(DAG_ID, run.run_id) == dict.fromkeys(TASKS, "success")
+    _log_task_timings(stack, wall)
+
+
+@pytest.mark.e2e
+def test_backfill_on_external_postgres(state_dir: Path) -> None:
+    config = StackConfig(
+        state_dir=state_dir,
+        dags_folder=DAGS,
+        python_path=(REPO / "include",),
+        airflow_db_uri=_recreate_database("flywheel_e2e_smoke"),
+        mlflow_db_uri=_recreate_database("flywheel_e2e_smoke_mlflow"),
+        api_port=_free_port(),
+        extra_env={"FLYWHEEL_E2E": "1"},
+    )
+    t0 = time.monotonic()
+    with LocalStack(config) as stack:
+        log.info("stack started in %.1fs", time.monotonic() - t0)
+        assert stack.env["FLYWHEEL_E2E"] == "1"
+        assert stack.env["FLYWHEEL_MLFLOW_TRACKING_URI"] == config.mlflow_db_uri
+        # The to-date is inclusive: 2008-01-01 .. 2012-01-01 are five yearly runs.
+        _backfill_and_check(stack, date(2008, 1, 1), date(2012, 1, 1), years=5)
+
+        # Clearing a finished run makes the scheduler run all of its tasks again.
+        first = stack.dag_runs(DAG_ID)[0]
+        again = stack.clear_and_wait(DAG_ID, first.run_id, timeout=300)
+        assert again.state == "success"
+        assert again.end_date is not None and first.end_date is not None
+        assert again.end_date > first.end_date
+    assert not list((state_dir / "run").glob("*.pid"))
+
+
+@pytest.mark.e2e
+def test_backfill_on_embedded_postgres(state_dir: Path) -> None:
+    config = StackConfig(
+        state_dir=state_dir, dags_folder=DAGS, python_path=(REPO / "include",), api_port=_free_port()
+    )
+    with LocalStack(config) as stack:
+        _backfill_and_check(stack, date(2008, 1, 1), date(2009, 1, 1), years=2)
+
+        engine = sqlalchemy.create_engine(stack.mlflow_db_uri)
+        with engine.connect() as conn:
+            assert conn.execute(sqlalchemy.text("SELECT current_database()")).scalar() == "mlflow"
+        engine.dispose()
+
+        run_id = stack.trigger(DAG_ID, {"note": "manual"})
+        assert stack.wait_for_run(DAG_ID, run_id, timeout=300).state == "success"
+    assert not (state_dir / "pg" / "postmaster.pid").exists()
