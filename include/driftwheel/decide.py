@@ -58,7 +58,7 @@ def should_retrain(
     if summary.drift_share is not None and summary.drift_share >= policy.max_drift_share:
         reasons.append(f"feature drift share {summary.drift_share:.2f} >= {policy.max_drift_share:.2f}")
     if policy.retrain_on_target_drift and summary.target_drifted:
-        reasons.append(f"target drift (score {summary.target_drift_score:.3f})")
+        reasons.append(f"target drift (score {summary.target_drift_score:.3g})")
     if summary.production_rmse is not None and summary.champion_holdout_rmse:
         limit = summary.champion_holdout_rmse * (1 + policy.max_rmse_increase)
         if summary.production_rmse > limit:

@@ -23,6 +23,7 @@ This module never imports airflow.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import json
 import logging
@@ -479,7 +480,10 @@ class _EmbeddedPostgres:
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             log.warning("pg_ctl stop failed; terminating the postmaster")
             _terminate_tree(server.get_pid())
-        # get_server() caches handles per data dir; forget this one so a later start() starts anew.
+        # get_server() caches a handle per data dir and registers an atexit hook for it: forget
+        # both, so that a later start() in this process starts the server anew.
+        atexit.unregister(server._cleanup)
+        server.global_process_id_list.get_and_remove(os.getpid())
         PostgresServer._instances.pop(self.pgdata, None)
         log.info("embedded PostgreSQL stopped")
 
@@ -576,12 +580,15 @@ def _airflow_executable() -> str:
 
 
 def _parse_json_output(out: str) -> list[dict[str, Any]]:
-    """The JSON document in a CLI's stdout (which may carry log lines before it)."""
-    start = min((i for i in (out.find("["), out.find("{")) if i >= 0), default=-1)
-    if start < 0:
-        raise StackError(f"no JSON in airflow output:\n{_tail(out)}")
-    data = json.loads(out[start:])
-    return data if isinstance(data, list) else [data]
+    """The JSON document of ``--output json`` (the CLI logs to stdout too, before it)."""
+    for line in reversed(out.splitlines()):
+        if line.startswith(("[", "{")):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            return data if isinstance(data, list) else [data]
+    raise StackError(f"no JSON in airflow output:\n{_tail(out)}")
 
 
 def _tail(text: str, lines: int = 40) -> str:

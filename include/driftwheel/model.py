@@ -130,7 +130,7 @@ def _fit(
             loss = loss_fn(net(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         losses.append(total / len(x))
         logger.debug("epoch %d/%d: loss %.4f", epoch + 1, epochs, losses[-1])
     return losses
@@ -168,7 +168,7 @@ def fine_tune(parent: TrainedModel, frame: pd.DataFrame, target: str, config: Tr
         len(net.layers),
         config.fine_tune_epochs,
         seconds,
-        losses[-1],
+        losses[-1] if losses else float("nan"),
     )
     return TrainedModel(net, prep, "transfer", seconds, losses)
 

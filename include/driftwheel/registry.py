@@ -20,10 +20,9 @@ import mlflow
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
+from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, Schema
 
 from driftwheel import model as model_lib
 
@@ -45,6 +44,9 @@ T_STATUS = "flywheel.status"
 # What the logged model needs at load time besides this package (see README: models load where
 # driftwheel is importable, as in the DAG's workers and the benchmark).
 _PIP_REQUIREMENTS = [f"torch=={__import__('torch').__version__.split('+')[0]}", "pandas<3", "numpy"]
+
+
+_MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
 class PopularityModel(PythonModel):
@@ -99,20 +101,24 @@ def find_version(client: MlflowClient, name: str, fingerprint: str) -> ModelVers
 
 def log_and_register(
     trained: model_lib.TrainedModel,
+    example: pd.DataFrame,
     *,
     client: MlflowClient,
     name: str,
     run_id: str,
     tags: Mapping[str, str],
 ) -> ModelVersion:
-    """Log ``trained`` as a pyfunc in run ``run_id``, register it under ``name`` and tag the version."""
-    features = trained.preprocessing.features
-    signature = ModelSignature(inputs=Schema([ColSpec("double", f) for f in features]))
+    """Log ``trained`` as a pyfunc in run ``run_id``, register it under ``name`` and tag the version.
+
+    ``example`` is a few training rows; their feature dtypes become the model's input signature.
+    """
+    # The signature takes the curated dtypes (validation coerces them), e.g. integer `key`.
+    signature = infer_signature(example[list(trained.preprocessing.features)])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         files = model_lib.save(trained, Path(tmp))
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=PopularityModel(),
+            python_model=str(_MODEL_CODE),
             artifacts={k: str(v) for k, v in files.items()},
             signature=signature,
             pip_requirements=_PIP_REQUIREMENTS,
@@ -150,24 +156,24 @@ def promote(client: MlflowClient, name: str, version: str) -> Promotion:
     candidate = client.get_model_version(name, version)
     current = champion(client, name)
     if current is not None and current.version == candidate.version:
-        return Promotion(False, current.version, current.tags.get(T_PREVIOUS_CHAMPION), "already champion")
+        return Promotion(False, str(current.version), current.tags.get(T_PREVIOUS_CHAMPION), "already champion")
     if current is not None and int(current.tags.get(T_TRAINED_THROUGH, "0")) >= int(candidate.tags.get(T_TRAINED_THROUGH, "0")):
         return Promotion(
             False,
-            current.version,
+            str(current.version),
             None,
             f"champion v{current.version} is trained through {current.tags.get(T_TRAINED_THROUGH)}, "
             "newer than this challenger",
         )
     if current is not None:
-        client.set_model_version_tag(name, candidate.version, T_PREVIOUS_CHAMPION, current.version)
+        client.set_model_version_tag(name, candidate.version, T_PREVIOUS_CHAMPION, str(current.version))
         client.set_model_version_tag(name, current.version, T_STATUS, "retired")
     client.set_registered_model_alias(name, CHAMPION, candidate.version)
     client.set_model_version_tag(name, candidate.version, T_STATUS, CHAMPION)
     if _alias(client, name, CHALLENGER) and _alias(client, name, CHALLENGER).version == candidate.version:
         client.delete_registered_model_alias(name, CHALLENGER)
     logger.info("promoted %s v%s to champion (previous: %s)", name, candidate.version, current.version if current else None)
-    return Promotion(True, candidate.version, current.version if current else None, "promoted")
+    return Promotion(True, str(candidate.version), str(current.version) if current else None, "promoted")
 
 
 def reject(client: MlflowClient, name: str, version: str, reason: str) -> None:

@@ -119,7 +119,7 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
         target_drift_score=drift.target_drift_score if drift else None,
         target_drifted=drift.target_drifted if drift else None,
         production_rmse=production_rmse,
-        champion_version=champion.version if champion else None,
+        champion_version=str(champion.version) if champion else None,
         champion_holdout_rmse=holdout_rmse,
     )
     report.record(
@@ -212,14 +212,14 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
         train[[spec.id_column, *features, spec.target]],
         period=period,
         strategy=strategy,
-        parent=parent.version if parent else None,
+        parent=str(parent.version) if parent else None,
         training=dataclasses.asdict(cfg),
     )
     existing = registry.find_version(client, settings.model_name, fingerprint)
     if existing is not None:
         logger.info("period %s: version %s was trained from the same inputs; reusing it", period, existing.version)
         report.record(client, run_id, tags={report.T_CHALLENGER: existing.version})
-        return {"version": existing.version, "strategy": strategy, "reused": True, "train_seconds": 0.0}
+        return {"version": str(existing.version), "strategy": strategy, "reused": True, "train_seconds": 0.0}
 
     if strategy == "transfer" and parent_model is not None:
         trained = model_lib.fine_tune(parent_model, train, spec.target, cfg)
@@ -235,6 +235,7 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
 
     version = registry.log_and_register(
         trained,
+        train.head(5),
         client=client,
         name=settings.model_name,
         run_id=run_id,
@@ -243,7 +244,7 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
             registry.T_TRAINED_THROUGH: str(period),
             registry.T_TRAINING_PERIODS: ",".join(map(str, training_periods)),
             registry.T_STRATEGY: strategy,
-            registry.T_PARENT: parent.version if parent else "",
+            registry.T_PARENT: str(parent.version) if parent else "",
             registry.T_FINGERPRINT: fingerprint,
             "flywheel.train_rows": str(len(train)),
         },
@@ -251,10 +252,10 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
     report.record(
         client,
         run_id,
-        metrics={"train_seconds": trained.train_seconds, "train_rows": len(train), "final_train_loss": trained.epoch_losses[-1]},
+        metrics={"train_seconds": trained.train_seconds, "train_rows": len(train), "final_train_loss": trained.epoch_losses[-1] if trained.epoch_losses else None},
         tags={report.T_CHALLENGER: version.version, "flywheel.strategy": strategy},
     )
-    return {"version": version.version, "strategy": strategy, "reused": False, "train_seconds": round(trained.train_seconds, 3)}
+    return {"version": str(version.version), "strategy": strategy, "reused": False, "train_seconds": round(trained.train_seconds, 3)}
 
 
 def evaluate_challenger(settings: Settings, period: int, run_id: str, version: str) -> dict[str, Any]:
@@ -320,7 +321,7 @@ def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: 
         client,
         run_id,
         tags={
-            report.T_CHAMPION: champion.version if champion else None,
+            report.T_CHAMPION: str(champion.version) if champion else None,
             report.T_PROMOTED: tags.get(report.T_PROMOTED, "False"),
             "flywheel.airflow_run_id": airflow_run_id,
         },
@@ -329,3 +330,23 @@ def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: 
     row = next(r for r in report.period_table(client, _experiment(settings, client)) if r.year == period)
     logger.info("period %s done: %s", period, row)
     return dataclasses.asdict(row)
+
+
+def run_period(settings: Settings, period: int) -> dict[str, Any]:
+    """All steps of one period in the DAG's order, in this process (for notebooks and benchmarks).
+
+    The DAG runs the same functions as separate tasks; this is not how production runs, only a
+    way to replay the flywheel without a scheduler.
+    """
+    ingest_tracks(settings, period)
+    validate_tracks(settings, period)
+    summary = report_drift(settings, period)
+    run_id = summary["mlflow_run_id"]
+    if decide_retrain(settings, summary).retrain:
+        challenger = retrain_model(settings, period, run_id)
+        gate = evaluate_challenger(settings, period, run_id, challenger["version"])
+        if gate["passed"]:
+            promote_champion(settings, run_id, challenger["version"])
+        else:
+            reject_challenger(settings, run_id, challenger["version"], gate["reason"])
+    return finish_period(settings, period, run_id)

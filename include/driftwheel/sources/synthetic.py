@@ -30,7 +30,14 @@ from driftwheel.config import SPOTIFY_AUDIO_FEATURES, SyntheticConfig
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["COLUMNS", "COVARIATE_SHIFT", "POPULARITY_LEVEL", "covariate_shift", "generate_year", "popularity_level"]
+__all__ = [
+    "COLUMNS",
+    "COVARIATE_SHIFT",
+    "POPULARITY_LEVEL",
+    "covariate_shift",
+    "generate_year",
+    "popularity_level",
+]
 
 COLUMNS: tuple[str, ...] = (
     "year",
@@ -65,10 +72,11 @@ POPULARITY_LEVEL: dict[int, float] = {
     2020: 66.5,  # plateau again
 }
 
-# How far the feature distributions have moved from 2008, in standard deviations of a feature's
-# latent normal per unit of its :data:`_DRIFT_LOADINGS`. The warm-up years (pooled to train the
-# first model) drift slowly; 2015 and 2018 take steps large enough for a drift report to flag;
-# the plateau years repeat the previous value exactly, so their features are not drifted at all.
+# How far the feature distributions have moved since 2008: each drifting feature's latent normal
+# is shifted by this index times its loading in _DRIFT_LOADINGS, in standard deviations. The
+# warm-up years (pooled to train the first model) drift slowly; 2015 and 2018 take steps large
+# enough for a drift report to flag most features; the plateau years repeat the previous value
+# exactly, so their features come from the very same distribution.
 COVARIATE_SHIFT: dict[int, float] = {
     2008: 0.00,
     2009: 0.05,
@@ -77,12 +85,12 @@ COVARIATE_SHIFT: dict[int, float] = {
     2012: 0.20,
     2013: 0.25,
     2014: 0.30,
-    2015: 0.90,  # step
-    2016: 0.90,
-    2017: 0.90,
-    2018: 1.70,  # step
-    2019: 1.90,
-    2020: 1.90,
+    2015: 1.00,  # step
+    2016: 1.00,
+    2017: 1.00,
+    2018: 1.80,  # step
+    2019: 2.00,
+    2020: 2.00,
 }
 
 # Outside the table the level follows the table's overall trend, kept well inside 0..100 so a
@@ -90,15 +98,17 @@ COVARIATE_SHIFT: dict[int, float] = {
 _LEVEL_BOUNDS = (20.0, 80.0)
 
 # The direction of covariate drift, as in the real 2008-2019 data: more danceable, speechier,
-# shorter tracks, with less energy and lower valence, more acoustic, a bit quieter.
+# shorter, more acoustic tracks with less energy, lower valence and less live sound, a bit quieter.
+# Eight of the 13 features move, so a step drifts more than half of the columns.
 _DRIFT_LOADINGS: dict[str, float] = {
-    "danceability": 0.30,
-    "speechiness": 0.25,
-    "duration_ms": -0.30,
-    "energy": -0.25,
-    "valence": -0.20,
-    "acousticness": 0.20,
-    "loudness": -0.20,
+    "danceability": 0.35,
+    "speechiness": 0.35,
+    "duration_ms": -0.35,
+    "energy": -0.35,
+    "valence": -0.35,
+    "acousticness": 0.30,
+    "loudness": -0.35,
+    "liveness": -0.35,
 }
 
 
@@ -128,6 +138,7 @@ class _Margin:
     ``log``: ``exp(centre + scale * z)``; ``neglog``: ``-exp(centre - scale * z)`` (loudness in dB).
     The scale differs below and above the median (``scale_lo``/``scale_hi``) to give the skew of
     the real columns. The parameters were fitted to the quantiles of the real 2008-2019 sample.
+    Values are rounded like the Spotify API's and kept within ``bounds``.
     """
 
     kind: Literal["unit", "log", "neglog"]
@@ -138,21 +149,26 @@ class _Margin:
     hi: float = 1.0
     decimals: int = 3
     significant: bool = False  # round to `decimals` significant digits (tiny values stay non-zero)
+    bounds: tuple[float, float] = (0.0, 1.0)
 
     def apply(self, z: np.ndarray) -> np.ndarray:
         spread = z * np.where(z < 0, self.scale_lo, self.scale_hi)
         if self.kind == "unit":
             x = self.lo + (self.hi - self.lo) / (1.0 + np.exp(-(self.centre + spread)))
-            x = _round_significant(x, self.decimals) if self.significant else np.round(x, self.decimals)
-            return np.clip(x, 0.0, 1.0)
-        if self.kind == "log":
-            return np.round(np.exp(self.centre + spread), self.decimals)
-        return np.round(-np.exp(self.centre - spread), self.decimals)
+        elif self.kind == "log":
+            x = np.exp(self.centre + spread)
+        else:
+            x = -np.exp(self.centre - spread)
+        x = _round_significant(x, self.decimals) if self.significant else np.round(x, self.decimals)
+        return np.clip(x, *self.bounds)
 
 
 def _round_significant(x: np.ndarray, digits: int) -> np.ndarray:
-    # Like the Spotify API, which reports 8.5e-06 rather than 0.0 for an almost surely vocal track.
-    # Values below 1e-6 become 0, as the API's zeros do.
+    """``x`` rounded to ``digits`` significant digits; values below 1e-6 become 0.
+
+    Like the Spotify API, which reports 8.5e-06 rather than 0.0 for an almost surely vocal track,
+    but 0.0 for about half of all tracks' instrumentalness.
+    """
     magnitude = np.floor(np.log10(np.maximum(np.abs(x), 1e-12)))
     factor = 10.0 ** (digits - 1 - magnitude)
     return np.where(x < 1e-6, 0.0, np.round(x * factor) / factor)
@@ -162,14 +178,14 @@ def _round_significant(x: np.ndarray, digits: int) -> np.ndarray:
 _MARGINS: dict[str, _Margin] = {
     "danceability": _Margin("unit", 0.43, 0.74, 0.77),
     "energy": _Margin("unit", 0.71, 1.10, 1.20),
-    "loudness": _Margin("neglog", 1.83, 0.49, 0.42),
+    "loudness": _Margin("neglog", 1.83, 0.49, 0.42, bounds=(-60.0, 0.0)),
     "speechiness": _Margin("unit", -3.42, 1.05, 1.70, lo=0.022, hi=0.97, decimals=4),
     "acousticness": _Margin("unit", -1.93, 3.20, 2.40, decimals=3, significant=True),
-    "instrumentalness": _Margin("unit", -13.1, 8.6, 8.6, decimals=3, significant=True),
+    "instrumentalness": _Margin("unit", -13.1, 8.6, 8.6, hi=0.97, decimals=3, significant=True),
     "liveness": _Margin("unit", -2.12, 0.55, 1.30, lo=0.02, decimals=4),
     "valence": _Margin("unit", -0.15, 1.22, 1.30),
-    "tempo": _Margin("log", 4.79, 0.29, 0.24),
-    "duration_ms": _Margin("log", 12.295, 0.24, 0.23, decimals=0),
+    "tempo": _Margin("log", 4.79, 0.29, 0.21, bounds=(40.0, 230.0)),
+    "duration_ms": _Margin("log", 12.295, 0.24, 0.23, decimals=0, bounds=(30_000.0, 1.2e6)),
 }
 
 # A three-factor model of the features' latents ("intensity", "groove", "vocals"): it reproduces
@@ -190,13 +206,14 @@ _LOADINGS: dict[str, tuple[float, float, float]] = {
 }
 # Share of the factors' variance that is the artist's style rather than the track's: an artist's
 # tracks sound alike, so features carry a little information about who made them.
-_ARTIST_STYLE_SHARE = 0.35
+_ARTIST_STYLE_SHARE = 0.2
 
+# Key, mode and time signature are independent of everything else, with the real shares.
 _KEYS = np.arange(12)
-_KEY_P = np.array([0.115, 0.116, 0.098, 0.032, 0.071, 0.083, 0.073, 0.104, 0.073, 0.089, 0.068, 0.078])
+_KEY_P = np.array([115, 116, 98, 32, 71, 83, 73, 104, 73, 89, 68, 78]) / 1000
 _MAJOR_P = 0.66
 _TIME_SIGNATURES = np.array([4, 3, 5, 1])
-_TIME_SIGNATURE_P = np.array([0.909, 0.070, 0.014, 0.007])
+_TIME_SIGNATURE_P = np.array([909, 70, 14, 7]) / 1000
 
 # -- popularity --------------------------------------------------------------------------------
 _ARTIST_EFFECT_STD = 4.0
@@ -206,41 +223,48 @@ _NOISE_STD = 4.0
 _SKEW_SHAPE = 2.0
 # Scales the feature term of popularity to a standard deviation of about 3 points: within a year
 # the audio features explain little, as in the real data.
-_FEATURE_EFFECT_SCALE = 1.25
+_FEATURE_EFFECT_SCALE = 1.6
 
 
-def _feature_effect(f: dict[str, np.ndarray]) -> np.ndarray:
-    """A smooth, mildly non-linear function of a few features (the part a model can learn)."""
-    dance = (f["danceability"] - 0.6) / 0.17
-    energy = (f["energy"] - 0.64) / 0.22
-    loud = np.tanh((f["loudness"] + 7.0) / 4.0)
-    acoustic = (f["acousticness"] - 0.25) / 0.29
-    speech = (np.sqrt(f["speechiness"]) - 0.28) / 0.13
-    effect = 1.6 * dance - 0.4 * dance**2 - 1.0 * energy + 1.0 * loud - 0.6 * acoustic + 0.5 * speech
+def _feature_effect(features: dict[str, np.ndarray]) -> np.ndarray:
+    """Popularity points from a smooth, mildly non-linear function of five audio features.
+
+    This is the part of the label a model of the audio features can learn. Features are scaled
+    with fixed constants (the real data's rough centres and spreads), never with the year's own
+    statistics, so the function is the same in every year.
+    """
+    dance = (features["danceability"] - 0.6) / 0.17
+    energy = (features["energy"] - 0.64) / 0.22
+    loud = np.tanh((features["loudness"] + 7.0) / 4.0)
+    acoustic = (features["acousticness"] - 0.25) / 0.29
+    speech = (np.sqrt(features["speechiness"]) - 0.28) / 0.13
+    effect = 1.6 * dance - 0.4 * dance**2 - energy + loud - 0.6 * acoustic + 0.5 * speech
     return _FEATURE_EFFECT_SCALE * effect
 
 
 # -- artists -----------------------------------------------------------------------------------
-# The pool covers debuts well before and after the 2008-2020 window so that every year inside it
-# sees a steady mix of newcomers and veterans. Years outside the roster window reuse the roster of
-# its nearest end, so far-off years never run out of artists.
-_POOL_SIZE = 6000
-_DEBUT_YEARS = (1990, 2030)
-_ROSTER_YEARS = (2000, 2030)
-_MEAN_EXTRA_ACTIVE_YEARS = 6.0
-_VISIBILITY_SIGMA = 1.0  # lognormal spread of how many tracks an artist places in a year
-_HOT_YEAR_SIGMA = 0.6  # year-to-year swing of the same
-_MAX_WEIGHT_RATIO = 15.0
+# Debuts start well before 2008 and end well after 2020, so every year of the schedule sees a
+# steady mix of newcomers and veterans; a year outside the roster window uses the roster of the
+# window's nearest end, so far-off years never run out of artists. Tuned so that, as in the real
+# data, a year has ~800 artists with 1-25 tracks each, and 65-75% of a 2015+ year's tracks are
+# by an artist seen in an earlier year (about a third in 2009, building up as history grows).
+_POOL_SIZE = 9600
+_DEBUT_YEARS = (1994, 2026)
+_ROSTER_YEARS = (2002, 2026)
+_MEAN_EXTRA_ACTIVE_YEARS = 10.0
+_VISIBILITY_SIGMA = 0.5  # lognormal spread of how many tracks an artist places in a year ...
+_HOT_YEAR_SIGMA = 1.7  # ... and its swing from year to year: active artists skip some years
+_MAX_WEIGHT_RATIO = 100.0  # cap on a year's weight, relative to the median active artist
 
 
 @dataclass(frozen=True)
 class _ArtistPool:
-    names: np.ndarray  # object, unique
+    names: np.ndarray  # unique strings
     debut: np.ndarray  # first active year
     last: np.ndarray  # last active year
     visibility: np.ndarray  # relative chance of a track in an active year
-    effect: np.ndarray  # popularity points added to every track (centred, std ~4)
-    style: np.ndarray  # (n, 3) latent factors of the artist's sound
+    effect: np.ndarray  # star power: popularity points on every track (mean 0, std 4, skewed)
+    style: np.ndarray  # (n, 3) the artist's sound, in the factors of _LOADINGS
 
 
 # Names are built from syllables and small word lists rather than a fake-data library, so that
@@ -257,14 +281,13 @@ _NOUNS = tuple(
     "Paradise Money Youth Angel Thunder Mirror Garden Highway Echo Crown Wolf Rose Diamond Storm "
     "Moon Body Kingdom Island Signal Motion Gravity Daylight Avenue Horizon".split()
 )
-_VERBS = tuple("Hold Run Dance Call Break Wait Fall Stay Burn Chase Drive Shine Breathe Believe Let Go".split())
-_OBJECTS = tuple("Me You Us It Tonight Forever Away Home Again Alone".split())
+_VERBS = tuple("Hold Run Dance Call Break Wait Fall Stay Burn Chase Drive Shine Breathe Go".split())
+_OBJECTS = tuple("Me You Us Tonight Forever Away Home Again Alone".split())
 _PREFIXES = ("Lil", "DJ", "Young", "MC", "Los", "Big")
-_ALBUM_SUFFIXES = ("", "", "", "", "", " (Deluxe Edition)", " (Remastered)", " - EP", " (Expanded Edition)")
+# Most albums have a plain title.
+_ALBUM_SUFFIXES = ("",) * 5 + (" (Deluxe Edition)", " (Remastered)", " - EP", " (Expanded Edition)")
 _FEAT_SHARE = 0.07
 _SINGLE_SHARE = 0.30
-
-
 # Every onset-vowel pair, so that a word is a few tuple look-ups rather than string building.
 _SYLLABLES = tuple(onset + vowel for onset in _ONSETS for vowel in _VOWELS)
 
@@ -281,8 +304,14 @@ def _words(rng: np.random.Generator, n: int, syllables: tuple[int, int]) -> list
     ]
 
 
+def _plural(noun: str) -> str:
+    if noun.endswith("y"):
+        return noun[:-1] + "ies"
+    return noun + ("es" if noun.endswith(("s", "sh", "ch", "x")) else "s")
+
+
 def _artist_names(rng: np.random.Generator, n: int) -> list[str]:
-    """``n`` artist names, not necessarily unique: people, bands and stage names."""
+    """``n`` artist names, not necessarily unique: people, bands, stage names."""
     form = rng.random(n)
     first, last, single = _words(rng, n, (1, 2)), _words(rng, n, (2, 3)), _words(rng, n, (2, 3))
     adjective = rng.integers(len(_ADJECTIVES), size=n)
@@ -292,8 +321,8 @@ def _artist_names(rng: np.random.Generator, n: int) -> list[str]:
     for i in range(n):
         if form[i] < 0.55:  # "Tavo Brenith"
             names.append(f"{first[i]} {last[i]}")
-        elif form[i] < 0.65:  # "The Neon Wolfs": band names need not be grammatical
-            names.append(f"The {_ADJECTIVES[adjective[i]]} {_NOUNS[noun[i]]}s")
+        elif form[i] < 0.65:  # "The Neon Cities"
+            names.append(f"The {_ADJECTIVES[adjective[i]]} {_plural(_NOUNS[noun[i]])}")
         elif form[i] < 0.75:  # "Velvet Garden"
             names.append(f"{_ADJECTIVES[adjective[i]]} {_NOUNS[noun[i]]}")
         elif form[i] < 0.88:  # "Lil Zaro"
@@ -349,7 +378,9 @@ def _artist_pool(seed: int) -> _ArtistPool:
 
 
 # -- ids ---------------------------------------------------------------------------------------
-_BASE62 = np.frombuffer((string.digits + string.ascii_uppercase + string.ascii_lowercase).encode(), dtype=np.uint8)
+_BASE62 = np.frombuffer(
+    (string.digits + string.ascii_uppercase + string.ascii_lowercase).encode(), dtype=np.uint8
+)
 _ID_LENGTH = 22
 
 
@@ -358,7 +389,9 @@ def _track_ids(seed: int, year: int, n: int) -> np.ndarray:
 
     Each 64-bit half gives 11 characters (62**11 > 2**64), so distinct hashes give distinct ids.
     """
-    digests = b"".join(hashlib.blake2b(f"{seed}/{year}/{row}".encode(), digest_size=16).digest() for row in range(n))
+    digests = b"".join(
+        hashlib.blake2b(f"{seed}/{year}/{row}".encode(), digest_size=16).digest() for row in range(n)
+    )
     halves = np.frombuffer(digests, dtype=">u8").astype(np.uint64).reshape(n, 2)
     powers = np.uint64(62) ** np.arange(_ID_LENGTH // 2 - 1, -1, -1, dtype=np.uint64)
     digits = (halves[:, :, None] // powers) % np.uint64(62)  # (n, 2, 11), most significant first
@@ -376,7 +409,9 @@ def generate_year(year: int, config: SyntheticConfig = SyntheticConfig()) -> pd.
     ids and names as strings; ``track_id`` is unique across years. Rows are in random order.
 
     The frame depends only on ``(config.seed, year)``. Any year >= 0 works: outside 2008-2020 the
-    popularity level follows the trend of :data:`POPULARITY_LEVEL` and features do not drift.
+    popularity level follows the trend of :data:`POPULARITY_LEVEL` (within 20..80) while the
+    features keep the distribution of the nearest year in :data:`COVARIATE_SHIFT`.
+    Raises ``ValueError`` for a negative year, seed or row count.
     """
     if year < 0 or config.seed < 0:
         raise ValueError(f"year and seed must be non-negative, got year={year}, seed={config.seed}")
@@ -396,19 +431,18 @@ def generate_year(year: int, config: SyntheticConfig = SyntheticConfig()) -> pd.
     noise = (rng.gamma(_SKEW_SHAPE, 1.0, size=n) - _SKEW_SHAPE) / np.sqrt(_SKEW_SHAPE) * _NOISE_STD
     popularity = np.clip(np.round(popularity_level(year) + signal + noise), 0, 100)
 
-    artist_names = pool.names[artists]
     songs = _song_names(pool, artists, rng)
     frame = pd.DataFrame(
         {
             "year": np.full(n, year),
             "track_id": _track_ids(config.seed, year, n),
-            "artist_name": artist_names,
+            "artist_name": pool.names[artists],
             "song_name": songs,
             "album_name": _album_names(artists, songs, rng),
             **features,
-            "key": rng.choice(_KEYS, size=n, p=_KEY_P / _KEY_P.sum()),
+            "key": rng.choice(_KEYS, size=n, p=_KEY_P),
             "mode": (rng.random(n) < _MAJOR_P).astype(np.int64),
-            "time_signature": rng.choice(_TIME_SIGNATURES, size=n, p=_TIME_SIGNATURE_P / _TIME_SIGNATURE_P.sum()),
+            "time_signature": rng.choice(_TIME_SIGNATURES, size=n, p=_TIME_SIGNATURE_P),
             "popularity": popularity,
         }
     )
@@ -429,7 +463,8 @@ def _draw_artists(pool: _ArtistPool, year: int, n: int, rng: np.random.Generator
     """Pool indices of the artists of ``n`` tracks, drawn among those active in ``year``."""
     roster_year = min(max(year, _ROSTER_YEARS[0]), _ROSTER_YEARS[1])
     active = np.flatnonzero((pool.debut <= roster_year) & (roster_year <= pool.last))
-    # Some artists have a hot year: several tracks in one year, then fewer the next.
+    # Artists have hot years (several tracks) and quiet ones (none), which is what makes the share
+    # of returning artists build up over years rather than jump to its final level at once.
     weight = pool.visibility[active] * rng.lognormal(0.0, _HOT_YEAR_SIGMA, size=active.size)
     # Capped, or the heavy tail gives one artist a hundred tracks in a year; real years top out
     # at a few dozen.
@@ -438,9 +473,13 @@ def _draw_artists(pool: _ArtistPool, year: int, n: int, rng: np.random.Generator
 
 
 def _draw_features(style: np.ndarray, shift: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The audio features of tracks whose artists have ``style``; continuous ones only."""
+    """The ten continuous audio features of tracks whose artists have ``style`` (one row each).
+
+    ``shift`` is the year's covariate shift index (see :data:`COVARIATE_SHIFT`).
+    """
     n = style.shape[0]
-    factors = np.sqrt(_ARTIST_STYLE_SHARE) * style + np.sqrt(1.0 - _ARTIST_STYLE_SHARE) * rng.standard_normal((n, 3))
+    own_style = rng.standard_normal((n, 3))
+    factors = np.sqrt(_ARTIST_STYLE_SHARE) * style + np.sqrt(1.0 - _ARTIST_STYLE_SHARE) * own_style
     loadings = np.array(list(_LOADINGS.values()))
     own = np.sqrt(1.0 - (loadings**2).sum(axis=1))
     latent = factors @ loadings.T + own * rng.standard_normal((n, len(_LOADINGS)))
@@ -464,8 +503,13 @@ def _album_names(artists: np.ndarray, songs: list[str], rng: np.random.Generator
     """One album per artist and year; some tracks are singles, released under their own title."""
     released = np.unique(artists)
     suffixes = rng.integers(len(_ALBUM_SUFFIXES), size=released.size)
-    albums = dict(
-        zip(released.tolist(), (t + _ALBUM_SUFFIXES[s] for t, s in zip(_titles(rng, released.size), suffixes, strict=True)), strict=True)
-    )
+    titles = _titles(rng, released.size)
+    albums = {
+        artist: title + _ALBUM_SUFFIXES[suffix]
+        for artist, title, suffix in zip(released.tolist(), titles, suffixes, strict=True)
+    }
     single = rng.random(artists.size) < _SINGLE_SHARE
-    return [song if is_single else albums[a] for a, song, is_single in zip(artists.tolist(), songs, single, strict=True)]
+    return [
+        song if is_single else albums[a]
+        for a, song, is_single in zip(artists.tolist(), songs, single, strict=True)
+    ]

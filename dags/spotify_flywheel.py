@@ -1,0 +1,148 @@
+"""
+### Spotify popularity flywheel
+
+One run per year: **ingest → validate → drift report → decide → retrain → evaluate → promote**.
+
+* `ingest_tracks` lands the year's raw tracks (synthetic by default, or a folder of CSV/Parquet files).
+* `validate_tracks` checks them against the declared schema; bad rows are quarantined, a bad batch
+  fails the run (the message names the file, column and rule) and nothing downstream runs.
+* `report_drift` compares the year with the champion's training data (Evidently) and scores the
+  champion on the new year *before* any retraining: the production error.
+* `decide_retrain` branches to `retrain_model` or `skip_retrain` (pure policy, reason recorded).
+* `retrain_model` fine-tunes the champion (transfer learning) or trains from scratch and
+  registers the challenger in MLflow; `evaluate_challenger` gates it against the champion and
+  the previous year's mean on a held-out split; `promote_champion` moves the `champion` alias.
+
+Runs chain in year order (`max_active_runs=1`, `depends_on_past`): each year starts from the model
+the previous year left in production. Everything is logged to the MLflow run `period-<year>`.
+Trigger a single year from the form with the `year` param; backfill with
+`airflow backfill create --dag-id spotify_flywheel --from-date 2008-01-01 --to-date 2020-01-01`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+
+
+def _settings() -> Any:
+    """The library's settings: the environment, overridden by this run's Params."""
+    from driftwheel.config import Settings
+
+    return Settings.from_env().with_params(get_current_context()["params"])
+
+
+def _period() -> int:
+    """The year this run processes: the ``year`` param, else the run's logical date."""
+    context = get_current_context()
+    if context["params"].get("year"):
+        return int(context["params"]["year"])
+    logical_date = context.get("logical_date")
+    if logical_date is None:
+        raise ValueError("this run has no logical date: set the 'year' param to choose the period")
+    return logical_date.year
+
+
+@dag(
+    dag_id="spotify_flywheel",
+    schedule="@yearly",
+    start_date=pendulum.datetime(2008, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"depends_on_past": True, "retries": 1, "retry_delay": pendulum.duration(seconds=10)},
+    doc_md=__doc__,
+    tags=["flywheel", "mlflow", "evidently"],
+    params={
+        "year": Param(None, type=["null", "integer"], minimum=1900, maximum=2100, description="Year to process; empty: the run's logical date."),
+        "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "file"], description="Where tracks come from; empty: FLYWHEEL_SOURCE (synthetic)."),
+        "landing_dir": Param(None, type=["null", "string"], description="Folder of CSV/Parquet files for the file source."),
+        "strategy": Param("transfer", type="string", enum=["transfer", "full"], description="transfer: fine-tune the champion; full: train from scratch."),
+        "force_retrain": Param(False, type="boolean", description="Retrain even if nothing drifted."),
+        "max_drift_share": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Share of drifted features that triggers a retrain."),
+        "max_rmse_increase": Param(None, type=["null", "number"], minimum=0, description="Retrain when production RMSE exceeds the champion's held-out RMSE by this fraction."),
+        "min_improvement": Param(None, type=["null", "number"], minimum=0, maximum=1, description="How much better (fraction of RMSE) a challenger must be to be promoted."),
+    },
+)
+def spotify_flywheel() -> None:
+    @task
+    def ingest_tracks() -> dict[str, Any]:
+        from driftwheel import steps
+
+        return steps.ingest_tracks(_settings(), _period())
+
+    @task
+    def validate_tracks(landed: dict[str, Any]) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from driftwheel import steps
+        from driftwheel.validate import BatchRejected
+
+        try:
+            return steps.validate_tracks(_settings(), landed["period"])
+        except BatchRejected as rejected:
+            # A bad batch will not get better on retry: fail now, leave the champion alone.
+            raise AirflowFailException(str(rejected)) from rejected
+
+    @task
+    def report_drift(validated: dict[str, Any]) -> dict[str, Any]:
+        from driftwheel import steps
+
+        run_id = get_current_context()["run_id"]
+        return steps.report_drift(_settings(), validated["period"], {"airflow.run_id": run_id})
+
+    @task.branch
+    def decide_retrain(summary: dict[str, Any]) -> str:
+        from driftwheel import steps
+
+        return "retrain_model" if steps.decide_retrain(_settings(), summary).retrain else "skip_retrain"
+
+    @task
+    def skip_retrain(summary: dict[str, Any]) -> None:
+        """Nothing to train: the decision and its reason are on the period's MLflow run."""
+
+    @task
+    def retrain_model(summary: dict[str, Any]) -> dict[str, Any]:
+        from driftwheel import steps
+
+        return steps.retrain_model(_settings(), summary["period"], summary["mlflow_run_id"])
+
+    @task.branch
+    def evaluate_challenger(summary: dict[str, Any], challenger: dict[str, Any]) -> str:
+        from driftwheel import steps
+
+        gate = steps.evaluate_challenger(_settings(), summary["period"], summary["mlflow_run_id"], challenger["version"])
+        get_current_context()["ti"].xcom_push(key="gate", value=gate)
+        return "promote_champion" if gate["passed"] else "reject_challenger"
+
+    @task
+    def promote_champion(summary: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
+        from driftwheel import steps
+
+        return steps.promote_champion(_settings(), summary["mlflow_run_id"], challenger["version"])
+
+    @task
+    def reject_challenger(summary: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
+        from driftwheel import steps
+
+        gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_challenger", key="gate")
+        return steps.reject_challenger(_settings(), summary["mlflow_run_id"], challenger["version"], gate["reason"])
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def finish_period(summary: dict[str, Any]) -> dict[str, Any]:
+        from driftwheel import steps
+
+        return steps.finish_period(_settings(), summary["period"], summary["mlflow_run_id"], get_current_context()["run_id"])
+
+    summary = report_drift(validate_tracks(ingest_tracks()))
+    decision = decide_retrain(summary)
+    challenger = retrain_model(summary)
+    gate = evaluate_challenger(summary, challenger)
+    promoted, rejected, skipped = promote_champion(summary, challenger), reject_challenger(summary, challenger), skip_retrain(summary)
+    decision >> [challenger, skipped]
+    gate >> [promoted, rejected]
+    [promoted, rejected, skipped] >> finish_period(summary)
+
+
+spotify_flywheel()

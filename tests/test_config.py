@@ -1,0 +1,44 @@
+from pathlib import Path
+
+from driftwheel.config import Settings, load_column_map
+
+
+def test_from_env_reads_flywheel_variables(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "FLYWHEEL_STATE_DIR": str(tmp_path),
+            "FLYWHEEL_SOURCE": "file",
+            "FLYWHEEL_MLFLOW_TRACKING_URI": "postgresql://x@/mlflow",
+            "FLYWHEEL_LANDING_DIR": str(tmp_path / "in"),
+            "FLYWHEEL_EPOCHS": "5",
+        }
+    )
+    assert settings.state_dir == tmp_path
+    assert settings.landing_dir == tmp_path / "in"
+    assert settings.tracking_uri == "postgresql://x@/mlflow"
+    assert settings.training.epochs == 5
+
+
+def test_default_tracking_uri_is_a_file_in_the_state_dir(tmp_path: Path) -> None:
+    settings = Settings.from_env({"FLYWHEEL_STATE_DIR": str(tmp_path)})
+    assert settings.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert settings.landing_dir == tmp_path / "landing" / "synthetic"
+
+
+def test_params_override_and_none_keeps_default(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path).with_params(
+        {"strategy": "full", "force_retrain": True, "max_drift_share": None, "min_improvement": 0.05, "unknown": 1}
+    )
+    assert settings.training.strategy == "full"
+    assert settings.force_retrain is True
+    assert settings.drift.max_drift_share == Settings(state_dir=tmp_path).drift.max_drift_share
+    assert settings.gate.min_improvement == 0.05
+
+
+def test_column_map_file(tmp_path: Path) -> None:
+    path = tmp_path / "map.json"
+    path.write_text('{"columns": {"track_popularity": "popularity"}, "date_column": "release_date", "features": ["energy"]}')
+    settings = Settings(state_dir=tmp_path).with_file_source(**load_column_map(path))
+    assert settings.file_source.column_map == {"track_popularity": "popularity"}
+    assert settings.file_source.date_column == "release_date"
+    assert settings.dataset.features == ("energy",)

@@ -1,0 +1,37 @@
+from driftwheel.config import DriftPolicy
+from driftwheel.decide import DriftSummary, should_retrain
+
+
+def _summary(**changes: object) -> DriftSummary:
+    base = dict(
+        period=2016, rows=2000, drift_share=0.1, drifted_columns=1, target_drift_score=0.02,
+        target_drifted=False, production_rmse=6.0, champion_version="3", champion_holdout_rmse=5.9,
+    )
+    return DriftSummary(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def test_stable_period_is_skipped_with_reason() -> None:
+    decision = should_retrain(_summary(), DriftPolicy(), warmup_end=2014)
+    assert decision.action == "skip" and "stable" in decision.reason
+
+
+def test_each_rule_triggers_a_retrain() -> None:
+    policy = DriftPolicy(max_drift_share=0.5, max_rmse_increase=0.1)
+    assert should_retrain(_summary(drift_share=0.6), policy, warmup_end=2014).retrain
+    assert should_retrain(_summary(target_drifted=True, target_drift_score=0.3), policy, warmup_end=2014).retrain
+    rmse = should_retrain(_summary(production_rmse=6.6), policy, warmup_end=2014)
+    assert rmse.retrain and "production RMSE 6.60 > 6.49" in rmse.reason
+    assert not should_retrain(_summary(production_rmse=6.4), policy, warmup_end=2014).retrain
+
+
+def test_target_drift_rule_can_be_switched_off() -> None:
+    policy = DriftPolicy(retrain_on_target_drift=False)
+    assert not should_retrain(_summary(target_drifted=True), policy, warmup_end=2014).retrain
+
+
+def test_warm_up_then_cold_start_then_force() -> None:
+    no_model = dict(champion_version=None, production_rmse=None, champion_holdout_rmse=None)
+    assert should_retrain(_summary(period=2012, **no_model), DriftPolicy(), warmup_end=2014).action == "skip"
+    cold = should_retrain(_summary(period=2014, **no_model), DriftPolicy(), warmup_end=2014)
+    assert cold.retrain and "cold start" in cold.reason
+    assert should_retrain(_summary(), DriftPolicy(), warmup_end=2014, force=True).retrain

@@ -1,0 +1,92 @@
+"""The flywheel's steps on tiny data against a real MLflow tracking store and registry (SQLite).
+
+The same steps run under the Airflow scheduler and PostgreSQL in tests/e2e.
+"""
+
+import dataclasses
+import hashlib
+
+import mlflow
+import pandas as pd
+import pytest
+
+from conftest import land, make_tracks
+from driftwheel import registry, steps, store
+from driftwheel.config import Settings
+from driftwheel.validate import BatchRejected
+
+
+@pytest.fixture
+def flywheel(settings: Settings) -> Settings:
+    land(settings, 2010, make_tracks(2010, n=500, level=52, seed=1))
+    land(settings, 2011, make_tracks(2011, n=500, level=52))
+    land(settings, 2012, make_tracks(2012, n=500, level=52, seed=3))
+    land(settings, 2013, make_tracks(2013, n=500, level=62))
+    return settings
+
+
+def _versions(settings: Settings) -> list[str]:
+    client = registry.connect(settings.tracking_uri)
+    return sorted(str(v.version) for v in client.search_model_versions(f"name = '{settings.model_name}'"))
+
+
+def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings) -> None:
+    rows = [steps.run_period(flywheel, year) for year in (2010, 2011, 2012, 2013)]
+    assert [r["decision"] for r in rows] == ["skip", "retrain", "skip", "retrain"]
+    assert [r["promoted"] for r in rows] == [False, True, False, True]
+    assert [r["champion_version"] for r in rows] == [None, "1", "1", "2"]
+    # 2013's level jumped: the champion's production error showed it before retraining.
+    assert rows[3]["production_rmse"] > rows[3]["challenger_rmse"] + 3
+
+    client = registry.connect(flywheel.tracking_uri)
+    first, second = client.get_model_version(flywheel.model_name, "1"), client.get_model_version(flywheel.model_name, "2")
+    assert first.tags[registry.T_TRAINING_PERIODS] == "2010,2011" and first.tags[registry.T_STRATEGY] == "full"
+    assert second.tags[registry.T_STRATEGY] == "transfer" and second.tags[registry.T_PARENT] == "1"
+    assert second.tags[registry.T_PREVIOUS_CHAMPION] == "1"
+
+    # The registered champion predicts from a DataFrame of raw features (extra columns ignored).
+    champion = mlflow.pyfunc.load_model(f"models:/{flywheel.model_name}@champion")
+    predictions = champion.predict(make_tracks(2013, n=20, level=62, seed=9))
+    assert len(predictions) == 20 and 50 < float(pd.Series(predictions).mean()) < 75
+
+
+def test_rerun_of_a_period_reuses_its_version_and_scores_the_model_it_had(flywheel: Settings) -> None:
+    for year in (2010, 2011, 2012, 2013):
+        steps.run_period(flywheel, year)
+    before = _versions(flywheel)
+    again = steps.run_period(flywheel, 2013)
+    assert _versions(flywheel) == before
+    assert again["champion_version"] == "2"
+    client = registry.connect(flywheel.tracking_uri)
+    # Rerunning 2013 scores v1 (production when 2013 arrived), never v2, which saw 2013's labels.
+    assert str(registry.champion_for_period(client, flywheel.model_name, 2013).version) == "1"
+    runs = client.search_runs([client.get_experiment_by_name(flywheel.experiment_name).experiment_id])
+    assert sorted(r.data.tags["flywheel.period"] for r in runs) == ["2010", "2011", "2012", "2013"]
+
+
+def test_gate_rejects_a_worse_challenger_and_keeps_the_champion(flywheel: Settings) -> None:
+    for year in (2010, 2011):
+        steps.run_period(flywheel, year)
+    # A forced retrain with a learning rate far too high yields a challenger worse than the champion.
+    reckless = dataclasses.replace(flywheel.training, learning_rate=0.5, fine_tune_epochs=3)
+    row = steps.run_period(dataclasses.replace(flywheel, force_retrain=True, training=reckless), 2012)
+    assert row["decision"] == "retrain" and row["promoted"] is False
+    assert row["challenger_rmse"] > row["production_rmse"]
+    client = registry.connect(flywheel.tracking_uri)
+    assert str(registry.champion(client, flywheel.model_name).version) == "1"
+    assert client.get_model_version(flywheel.model_name, "2").tags[registry.T_STATUS] == "rejected"
+
+
+def test_bad_batch_is_rejected_and_nothing_is_lost(flywheel: Settings) -> None:
+    for year in (2010, 2011):
+        steps.run_period(flywheel, year)
+    bad = make_tracks(2012, n=500).drop(columns="energy")
+    path = land(flywheel, 2012, bad)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    steps.ingest_tracks(flywheel, 2012)
+    with pytest.raises(BatchRejected, match=r"tracks_2012.csv: required column 'energy' is missing"):
+        steps.validate_tracks(flywheel, 2012)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert not store.has_partition(flywheel.curated_dir, 2012)
+    client = registry.connect(flywheel.tracking_uri)
+    assert str(registry.champion(client, flywheel.model_name).version) == "1" and _versions(flywheel) == ["1"]

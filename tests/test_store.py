@@ -1,0 +1,26 @@
+from pathlib import Path
+
+from conftest import make_tracks
+from driftwheel import store
+
+
+def test_partition_is_overwritten_on_rerun(tmp_path: Path) -> None:
+    store.write_partition(tmp_path, 2015, make_tracks(2015, n=10))
+    path = store.write_partition(tmp_path, 2015, make_tracks(2015, n=7))
+    assert path == tmp_path / "year=2015" / "tracks.parquet"
+    assert len(store.read_partition(tmp_path, 2015)) == 7
+    assert [p.name for p in path.parent.iterdir()] == ["tracks.parquet"]  # no temporary left behind
+
+
+def test_read_partitions_in_period_order(tmp_path: Path) -> None:
+    for year in (2012, 2010, 2011):
+        store.write_partition(tmp_path, year, make_tracks(year, n=3))
+    assert store.available_periods(tmp_path) == [2010, 2011, 2012]
+    assert list(store.read_partitions(tmp_path, [2012, 2010])["year"].unique()) == [2010, 2012]
+
+
+def test_empty_quarantine_removes_old_file(tmp_path: Path) -> None:
+    frame = make_tracks(2015, n=3)
+    assert store.write_quarantine(tmp_path, 2015, frame) is not None
+    assert store.write_quarantine(tmp_path, 2015, frame.iloc[:0]) is None
+    assert not (tmp_path / "year=2015" / "rejected_rows.csv").exists()
