@@ -35,7 +35,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -149,9 +148,10 @@ class LocalStack:
         for name in reversed(PROCESSES):
             proc = self._procs.pop(name, None)
             if proc is not None:
+                t0 = time.monotonic()
                 _terminate_tree(proc.pid)
-                proc.wait()
-                log.info("stopped %s (pid %d)", name, proc.pid)
+                proc.wait(timeout=10)
+                log.info("stopped %s (pid %d) in %.1fs", name, proc.pid, time.monotonic() - t0)
             self._pid_file(name).unlink(missing_ok=True)
         if self._pg is not None:
             self._pg.stop()
@@ -221,7 +221,7 @@ class LocalStack:
             )
         except subprocess.TimeoutExpired as e:
             raise StackError(f"`airflow {' '.join(args)}` timed out after {timeout}s") from e
-        log.debug("airflow %s: rc=%d in %.1fs", " ".join(args), done.returncode, time.monotonic() - t0)
+        log.info("airflow %s: rc=%d in %.1fs", " ".join(args), done.returncode, time.monotonic() - t0)
         if done.returncode != 0:
             tail = _tail(done.stderr) or _tail(done.stdout)
             raise StackError(f"`airflow {' '.join(args)}` exited with {done.returncode}:\n{tail}")
@@ -274,11 +274,12 @@ class LocalStack:
         )
         for logical_date, reason in skipped:
             log.warning("backfill %d skips %s: %s", backfill_id, logical_date, reason)
-        where = "dag_id = %s AND backfill_id = %s"
-        expected = len(self._runs(where, (dag_id, backfill_id)))
-        log.info("backfill %d of %s: %d runs from %s to %s", backfill_id, dag_id, expected, start, end)
-        runs = self._poll_runs(where, (dag_id, backfill_id), timeout, on_run_finished)
-        return runs
+        where, params = "dag_id = %s AND backfill_id = %s", (dag_id, backfill_id)
+        count = len(self._runs(where, params))
+        log.info("backfill %d of %s: %d runs from %s to %s", backfill_id, dag_id, count, start, end)
+        if count == 0:
+            return []
+        return self._poll_runs(where, params, timeout, on_run_finished)
 
     def trigger(
         self, dag_id: str, conf: Mapping[str, Any], logical_date: datetime | None = None
@@ -360,10 +361,11 @@ class LocalStack:
             try:
                 pid_s, created_s = path.read_text().split()
                 proc = psutil.Process(int(pid_s))
-                if abs(proc.create_time() - float(created_s)) < 0.01:
+                same = abs(proc.create_time() - float(created_s)) < 0.01
+                if same and proc.status() != psutil.STATUS_ZOMBIE:
                     log.warning("stopping airflow %s (pid %s) left over from a previous run", name, pid_s)
                     _terminate_tree(proc.pid)
-            except (ValueError, psutil.NoSuchProcess):
+            except (ValueError, psutil.Error):
                 pass
             path.unlink(missing_ok=True)
 
@@ -521,16 +523,17 @@ def _terminate_tree(pid: int, grace: float = 20.0) -> None:
         procs = [leader, *leader.children(recursive=True)]
     except psutil.NoSuchProcess:
         procs = []
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if sig == signal.SIGKILL:
+            log.warning("pids %s outlived SIGTERM by %.0fs; killing them", [p.pid for p in procs], grace)
         with _suppress_missing():
             os.killpg(pid, sig)
         for p in procs:
             with _suppress_missing():
                 p.send_signal(sig)
-        _, procs = psutil.wait_procs(procs, timeout=grace if sig == signal.SIGTERM else 5)
+        _, procs = psutil.wait_procs(procs, timeout=wait)
         if not procs:
             return
-        log.warning("pids %s ignored SIGTERM for %.0fs; killing them", [p.pid for p in procs], grace)
 
 
 @contextmanager

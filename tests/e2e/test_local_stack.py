@@ -30,7 +30,7 @@ SERVER = "postgresql://postgres@127.0.0.1:5432"  # the machine's PostgreSQL, tru
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     # Unix socket paths are limited to ~100 characters; the embedded PostgreSQL's socket lives here.
-    if len(str(tmp_path)) <= 60:
+    if len(str(tmp_path)) <= 80:
         yield tmp_path
         return
     short = Path(tempfile.mkdtemp(prefix="flywheel-e2e-", dir="/tmp"))

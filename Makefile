@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+
+.PHONY: install demo ui table test test-unit test-e2e clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install  ## install, then backfill the flywheel over 2008-2020 through the real scheduler
+	$(BIN)/python -m driftwheel demo
+
+ui: install  ## serve the Airflow UI (:8080) and the MLflow UI (:5000) on the demo's state
+	$(BIN)/python -m driftwheel ui
+
+table: install
+	$(BIN)/python -m driftwheel table
+
+test: install  ## unit, DAG and end-to-end tests (the e2e tests use PostgreSQL on 127.0.0.1:5432)
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest -m "not e2e"
+
+clean:  ## forget every run: databases, models, data and reports of the embedded default
+	rm -rf state

@@ -1,0 +1,5 @@
+import sys
+
+from driftwheel.cli import main
+
+sys.exit(main())
