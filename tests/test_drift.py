@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from conftest import make_tracks
+from tracks import make_tracks
 from driftwheel.config import SPOTIFY_AUDIO_FEATURES
 from driftwheel.drift import drift_report
 

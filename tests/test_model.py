@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conftest import make_tracks
+from tracks import make_tracks
 from driftwheel.config import SPOTIFY_AUDIO_FEATURES, TrainingConfig
 from driftwheel.evaluate import rmse
 from driftwheel.model import PopularityNet, fine_tune, load, save, train_full

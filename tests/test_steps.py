@@ -10,7 +10,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from conftest import land, make_tracks
+from tracks import land, make_tracks
 from driftwheel import registry, steps, store
 from driftwheel.config import Settings
 from driftwheel.validate import BatchRejected

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from conftest import make_tracks
+from tracks import make_tracks
 from driftwheel import store
 
 

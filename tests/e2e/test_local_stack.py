@@ -29,8 +29,10 @@ SERVER = "postgresql://postgres@127.0.0.1:5432"  # the machine's PostgreSQL, tru
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
-    # Unix socket paths are limited to ~100 characters; the embedded PostgreSQL's socket lives here.
-    if len(str(tmp_path)) <= 80:
+    # Unix socket paths are limited to ~100 characters, and the embedded PostgreSQL's socket lives
+    # in here. As root, PostgreSQL runs as its own user, which must traverse the parent folders;
+    # every pytest session (also another person's) resets /tmp/pytest-of-root to 0700.
+    if len(str(tmp_path)) <= 80 and os.geteuid() != 0:
         yield tmp_path
         return
     short = Path(tempfile.mkdtemp(prefix="flywheel-e2e-", dir="/tmp"))
