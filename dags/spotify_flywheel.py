@@ -21,6 +21,7 @@ Trigger a single year from the form with the `year` param; backfill with
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pendulum
@@ -45,10 +46,16 @@ def _period() -> int:
     return logical_date.year
 
 
+# A replay over a closed range of years (the demo, the tests) sets FLYWHEEL_LAST_YEAR so that
+# unpausing the DAG does not also schedule a run for the current year; live use leaves it unset.
+LAST_YEAR = os.environ.get("FLYWHEEL_LAST_YEAR")
+
+
 @dag(
     dag_id="spotify_flywheel",
     schedule="@yearly",
-    start_date=pendulum.datetime(2008, 1, 1, tz="UTC"),
+    start_date=pendulum.datetime(int(os.environ.get("FLYWHEEL_FIRST_YEAR", "2008")), 1, 1, tz="UTC"),
+    end_date=pendulum.datetime(int(LAST_YEAR), 12, 31, tz="UTC") if LAST_YEAR else None,
     catchup=False,
     max_active_runs=1,
     default_args={"depends_on_past": True, "retries": 1, "retry_delay": pendulum.duration(seconds=10)},

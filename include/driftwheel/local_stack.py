@@ -235,8 +235,8 @@ class LocalStack:
             raise StackError(f"`airflow {' '.join(args)}` exited with {done.returncode}:\n{tail}")
         return done.stdout
 
-    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
-        """Wait until the DAG is serialized in the metadata database, then unpause it."""
+    def wait_for_dag(self, dag_id: str, timeout: float = 180, *, unpause: bool = True) -> None:
+        """Wait until the DAG is serialized in the metadata database, then unpause it (if asked)."""
         deadline = time.monotonic() + timeout
         self.airflow("dags", "reserialize", timeout=timeout)
         while not self._query("SELECT 1 FROM serialized_dag WHERE dag_id = %s LIMIT 1", (dag_id,)):
@@ -245,7 +245,8 @@ class LocalStack:
                 detail = "\n".join(f"{f}:\n{_tail(s, 15)}" for f, s in errors) or "no import errors"
                 raise StackError(f"DAG {dag_id!r} not parsed after {timeout}s; {detail}")
             time.sleep(POLL_SECONDS)
-        self.airflow("dags", "unpause", dag_id)
+        if unpause:
+            self.airflow("dags", "unpause", dag_id)
         log.info("DAG %s is serialized and unpaused", dag_id)
 
     def backfill(
@@ -256,17 +257,20 @@ class LocalStack:
         *,
         timeout: float = 3600,
         on_run_finished: Callable[[RunState], None] | None = None,
+        reprocess_behavior: str = "failed",
     ) -> list[RunState]:
         """Backfill the logical dates in [start, end] (both inclusive) one run at a time.
 
-        Returns the runs the backfill created once all are finished. Dates that already have a run
-        are skipped by Airflow (its reprocess behaviour "none").
+        Returns the runs the backfill created once all are finished. ``reprocess_behavior`` says
+        which dates that already have a run are run again: "failed" (the default: finish what
+        failed, keep what succeeded), "completed" (all) or "none" (Airflow refuses "none" for a
+        DAG with depends_on_past).
         """
         last_id = self._query("SELECT COALESCE(MAX(id), 0) FROM backfill")[0][0]
         self.airflow(
             "backfill", "create", "--dag-id", dag_id,
             "--from-date", start.isoformat(), "--to-date", end.isoformat(),
-            "--max-active-runs", "1",
+            "--max-active-runs", "1", "--reprocess-behavior", reprocess_behavior,
         )  # fmt: skip
         rows = self._query(
             "SELECT id FROM backfill WHERE dag_id = %s AND id > %s ORDER BY id DESC LIMIT 1",

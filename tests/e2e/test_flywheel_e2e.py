@@ -77,7 +77,7 @@ def flywheel() -> Iterator[Flywheel]:
         airflow_db_uri=_fresh_database("flywheel_e2e_airflow"),
         mlflow_db_uri=_fresh_database("flywheel_e2e_mlflow"),
         api_port=_free_port(),
-        extra_env={"FLYWHEEL_STATE_DIR": str(state_dir), "FLYWHEEL_SOURCE": "synthetic", "FLYWHEEL_MODEL_NAME": MODEL},
+        extra_env={"FLYWHEEL_STATE_DIR": str(state_dir), "FLYWHEEL_SOURCE": "synthetic", "FLYWHEEL_MODEL_NAME": MODEL, "FLYWHEEL_LAST_YEAR": "2020"},
     )
     with LocalStack(config) as stack:
         stack.wait_for_dag(DAG_ID)
