@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from datetime import date
-from pathlib import Path
 
 from driftwheel.config import REPO_ROOT, Settings
 from driftwheel.local_stack import LocalStack, RunState, StackConfig
@@ -73,9 +72,8 @@ def demo(args: argparse.Namespace) -> int:
             DAG_ID, date(args.start, 1, 1), date(args.end, 1, 1), timeout=args.timeout, on_run_finished=progress
         )
         backfill_seconds = time.perf_counter() - backfill_started
-        tracking_uri = stack.mlflow_db_uri
-    print()
-    _print_table(settings, tracking_uri)
+        print()
+        _print_table(settings, stack.mlflow_db_uri)
     failed = [r for r in runs if r.state != "success"]
     print()
     print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded; backfill {backfill_seconds:.0f} s, total {time.perf_counter() - started:.0f} s")

@@ -3,6 +3,9 @@
 These compose the stage modules; the DAG tasks, the CLI and the benchmarks call them alike.
 Every step is keyed by the period and idempotent: a rerun overwrites its artifacts, logs into the
 same MLflow run and reuses a model version trained from the same inputs.
+
+Every DAG task is a fresh process, so MLflow, Evidently and torch (seconds of import each) are
+imported only by the steps that use them: ingesting and validating a batch needs none of them.
 """
 
 from __future__ import annotations
@@ -11,23 +14,30 @@ import dataclasses
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from driftwheel import decide, evaluate, registry, report, sources, store, validate
+from driftwheel import decide, evaluate, sources, store, validate
 from driftwheel.config import Settings
 from driftwheel.decide import Decision, DriftSummary
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 logger = logging.getLogger(__name__)
 
 
 # -- shared plumbing ---------------------------------------------------------------------------
-def _client(settings: Settings) -> Any:
+def _client(settings: Settings) -> MlflowClient:
+    from driftwheel import registry
+
     return registry.connect(settings.tracking_uri)
 
 
-def _experiment(settings: Settings, client: Any) -> str:
+def _experiment(settings: Settings, client: MlflowClient) -> str:
+    from driftwheel import report
+
     uri = settings.tracking_uri
     artifacts = None if uri.startswith(("http://", "https://")) else settings.artifact_location
     return report.experiment_id(client, settings.experiment_name, artifacts)
@@ -38,6 +48,8 @@ def _features(frame: pd.DataFrame, settings: Settings) -> tuple[str, ...]:
 
 
 def _training_periods(version: Any) -> list[int]:
+    from driftwheel import registry
+
     return [int(p) for p in version.tags[registry.T_TRAINING_PERIODS].split(",")]
 
 
@@ -81,6 +93,8 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
     The champion is scored on the whole new period before anything is trained on it. Returns the
     :class:`DriftSummary` fields plus the MLflow run id of the period and the report's path.
     """
+    from driftwheel import registry, report
+
     client = _client(settings)
     run_id = report.period_run(client, _experiment(settings, client), period, {"flywheel.source": settings.source, **(run_tags or {})})
     current = store.read_partition(settings.curated_dir, period)
@@ -150,6 +164,8 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
 
 def decide_retrain(settings: Settings, drift_summary: dict[str, Any]) -> Decision:
     """The pure decision on the summary, recorded on the period's run."""
+    from driftwheel import report
+
     fields = {f.name for f in dataclasses.fields(DriftSummary)}
     summary = DriftSummary(**{k: v for k, v in drift_summary.items() if k in fields})
     decision = decide.should_retrain(
@@ -179,6 +195,8 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
     a cold start on the pooled warm-up periods. A version trained from identical inputs before
     is reused, not registered again.
     """
+    from driftwheel import registry, report
+
     from driftwheel import model as model_lib
 
     client = _client(settings)
@@ -263,6 +281,8 @@ def evaluate_challenger(settings: Settings, period: int, run_id: str, version: s
 
     The baseline predicts the previous period's mean label (known before this period's labels).
     """
+    from driftwheel import registry, report
+
     client = _client(settings)
     spec = settings.dataset
     current = store.read_partition(settings.curated_dir, period)
@@ -299,6 +319,8 @@ def evaluate_challenger(settings: Settings, period: int, run_id: str, version: s
 
 
 def promote_champion(settings: Settings, run_id: str, version: str) -> dict[str, Any]:
+    from driftwheel import registry, report
+
     client = _client(settings)
     promotion = registry.promote(client, settings.model_name, version)
     report.record(client, run_id, tags={report.T_PROMOTED: promotion.promoted, "flywheel.promotion": promotion.reason})
@@ -306,6 +328,8 @@ def promote_champion(settings: Settings, run_id: str, version: str) -> dict[str,
 
 
 def reject_challenger(settings: Settings, run_id: str, version: str, reason: str) -> dict[str, Any]:
+    from driftwheel import registry, report
+
     client = _client(settings)
     registry.reject(client, settings.model_name, version, reason)
     report.record(client, run_id, tags={report.T_PROMOTED: False})
@@ -314,6 +338,8 @@ def reject_challenger(settings: Settings, run_id: str, version: str, reason: str
 
 def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: str | None = None) -> dict[str, Any]:
     """Record the period's outcome (champion after the period) and close its MLflow run."""
+    from driftwheel import registry, report
+
     client = _client(settings)
     champion = registry.champion(client, settings.model_name)
     tags = client.get_run(run_id).data.tags
