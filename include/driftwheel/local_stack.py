@@ -327,6 +327,15 @@ class LocalStack:
         )
         return {(t if i < 0 else f"{t}[{i}]"): (s or "none") for t, i, s in rows}
 
+    def task_durations(self, dag_id: str, run_ids: list[str]) -> list[tuple[str, str, float]]:
+        """(run_id, task_id, seconds) of every finished task instance of these runs."""
+        rows = self._query(
+            "SELECT run_id, task_id, EXTRACT(EPOCH FROM end_date - start_date) FROM task_instance"
+            " WHERE dag_id = %s AND run_id = ANY(%s) AND start_date IS NOT NULL AND end_date IS NOT NULL",
+            (dag_id, run_ids),
+        )
+        return [(r, t, float(s)) for r, t, s in rows]
+
     # -- internals ---------------------------------------------------------------------------
 
     def _embedded(self) -> _EmbeddedPostgres:

@@ -13,12 +13,11 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from tracks import make_tracks
@@ -28,19 +27,8 @@ from driftwheel.local_stack import LocalStack, RunState, StackConfig
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-PG_SERVER = os.environ.get("FLYWHEEL_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 DAG_ID = "spotify_flywheel"
 MODEL = "spotify_popularity_e2e"
-
-
-def _fresh_database(name: str) -> str:
-    conn = psycopg2.connect(PG_SERVER.replace("+psycopg2", "") + "/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return f"{PG_SERVER}/{name}"
 
 
 def _free_port() -> int:
@@ -68,14 +56,14 @@ class Flywheel:
 
 
 @pytest.fixture(scope="module")
-def flywheel() -> Iterator[Flywheel]:
+def flywheel(fresh_database: Callable[[str], str]) -> Iterator[Flywheel]:
     state_dir = Path(tempfile.mkdtemp(prefix="fw-e2e-", dir="/tmp"))
     config = StackConfig(
         state_dir=state_dir,
         dags_folder=REPO / "dags",
         python_path=(REPO / "include",),
-        airflow_db_uri=_fresh_database("flywheel_e2e_airflow"),
-        mlflow_db_uri=_fresh_database("flywheel_e2e_mlflow"),
+        airflow_db_uri=fresh_database("flywheel_e2e_airflow"),
+        mlflow_db_uri=fresh_database("flywheel_e2e_mlflow"),
         api_port=_free_port(),
         extra_env={"FLYWHEEL_STATE_DIR": str(state_dir), "FLYWHEEL_SOURCE": "synthetic", "FLYWHEEL_MODEL_NAME": MODEL, "FLYWHEEL_LAST_YEAR": "2020"},
     )

@@ -8,7 +8,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -24,7 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = Path(__file__).resolve().parent / "dags"
 DAG_ID = "stack_smoke"
 TASKS = {"extract", "transform", "load"}
-SERVER = "postgresql://postgres@127.0.0.1:5432"  # the machine's PostgreSQL, trust auth
 
 
 @pytest.fixture
@@ -44,16 +43,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _recreate_database(name: str) -> str:
-    conn = psycopg2.connect(f"{SERVER}/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    conn.close()
-    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
 
 
 def _log_task_timings(stack: LocalStack, runs: list[RunState], wall: float) -> None:
@@ -94,13 +83,13 @@ def _backfill_and_check(stack: LocalStack, start: date, end: date, years: int) -
 
 
 @pytest.mark.e2e
-def test_backfill_on_external_postgres(state_dir: Path) -> None:
+def test_backfill_on_external_postgres(state_dir: Path, fresh_database: Callable[[str], str]) -> None:
     config = StackConfig(
         state_dir=state_dir,
         dags_folder=DAGS,
         python_path=(REPO / "include",),
-        airflow_db_uri=_recreate_database("flywheel_e2e_smoke"),
-        mlflow_db_uri=_recreate_database("flywheel_e2e_smoke_mlflow"),
+        airflow_db_uri=fresh_database("flywheel_e2e_smoke"),
+        mlflow_db_uri=fresh_database("flywheel_e2e_smoke_mlflow"),
         api_port=_free_port(),
         extra_env={"FLYWHEEL_E2E": "1"},
     )
