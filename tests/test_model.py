@@ -51,5 +51,5 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     frame = make_tracks(2010, n=200)
     model = train_full(frame, SPOTIFY_AUDIO_FEATURES, "popularity", TrainingConfig(epochs=2))
     files = save(model, tmp_path)
-    loaded = load(files["weights"], files["preprocessing"])
+    loaded = load(files)
     assert np.allclose(loaded.predict(frame), model.predict(frame))

@@ -30,7 +30,11 @@ def _versions(settings: Settings) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name = '{settings.model_name}'"))
 
 
-def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "first_strategy"), [("trend_residual", "trend_residual"), ("transfer", "full")]
+)
+def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings, strategy: str, first_strategy: str) -> None:
+    flywheel = dataclasses.replace(flywheel, training=dataclasses.replace(flywheel.training, strategy=strategy))
     rows = [steps.run_period(flywheel, year) for year in (2010, 2011, 2012, 2013)]
     assert [r["decision"] for r in rows] == ["skip", "retrain", "skip", "retrain"]
     assert [r["promoted"] for r in rows] == [False, True, False, True]
@@ -40,8 +44,8 @@ def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings) -> None:
 
     client = registry.connect(flywheel.tracking_uri)
     first, second = client.get_model_version(flywheel.model_name, "1"), client.get_model_version(flywheel.model_name, "2")
-    assert first.tags[registry.T_TRAINING_PERIODS] == "2010,2011" and first.tags[registry.T_STRATEGY] == "full"
-    assert second.tags[registry.T_STRATEGY] == "transfer" and second.tags[registry.T_PARENT] == "1"
+    assert first.tags[registry.T_TRAINING_PERIODS] == "2010,2011" and first.tags[registry.T_STRATEGY] == first_strategy
+    assert second.tags[registry.T_STRATEGY] == strategy and second.tags[registry.T_PARENT] == "1"
     assert second.tags[registry.T_PREVIOUS_CHAMPION] == "1"
 
     # The registered champion predicts from a DataFrame of raw features (extra columns ignored).
@@ -68,7 +72,12 @@ def test_gate_rejects_a_worse_challenger_and_keeps_the_champion(flywheel: Settin
     for year in (2010, 2011):
         steps.run_period(flywheel, year)
     # A forced retrain with a learning rate far too high yields a challenger worse than the champion.
-    reckless = dataclasses.replace(flywheel.training, learning_rate=0.5, fine_tune_epochs=3)
+    reckless = dataclasses.replace(
+        flywheel.training,
+        learning_rate=0.5,
+        fine_tune_epochs=3,
+        trend_residual=dataclasses.replace(flywheel.training.trend_residual, fine_tune_learning_rate=0.5, weight_decay=0.0),
+    )
     row = steps.run_period(dataclasses.replace(flywheel, force_retrain=True, training=reckless), 2012)
     assert row["decision"] == "retrain" and row["promoted"] is False
     assert row["challenger_rmse"] > row["production_rmse"]

@@ -34,7 +34,11 @@ SPOTIFY_AUDIO_FEATURES: tuple[str, ...] = (
     "time_signature",
 )
 
-Strategy = Literal["transfer", "full"]
+# trend_residual: the label level follows a trend of past yearly means, a small ensemble learns the
+# residual from audio, label-history and batch features, and each retrain fine-tunes it with
+# replay (see driftwheel.model). transfer and full: the study's 32-32-32-50-1 network.
+Strategy = Literal["trend_residual", "transfer", "full"]
+STRATEGIES: tuple[str, ...] = ("trend_residual", "transfer", "full")
 SourceName = Literal["synthetic", "file"]
 
 
@@ -48,8 +52,12 @@ class DatasetSpec:
     target: str = "popularity"
     id_column: str = "track_id"
     period_column: str = "year"
-    # Carried through the curated store for the drift report and later models; not a model input yet.
+    # Carried through the curated store; the trend_residual model reads the three below when a
+    # data set has them (artist history, title words, album facts) and leaves them out otherwise.
     extra_columns: tuple[str, ...] = ("artist_name", "song_name", "album_name")
+    artist_column: str | None = "artist_name"
+    title_column: str | None = "song_name"
+    album_column: str | None = "album_name"
 
 
 @dataclass(frozen=True)
@@ -98,8 +106,34 @@ class GatePolicy:
 
 
 @dataclass(frozen=True)
+class TrendResidualConfig:
+    """The default model: trend level + residual ensemble. Values measured on the seed data
+    (benchmarks/prototype/explore.py, docs/benchmark/)."""
+
+    ensemble_size: int = 3
+    hidden: tuple[int, ...] = (64, 32)
+    dropout: float = 0.3
+    epochs: int = 15
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    # False: every retrain trains from scratch on all labelled periods (the cost reference).
+    fine_tune: bool = True
+    fine_tune_epochs: int = 4
+    fine_tune_learning_rate: float = 5e-4
+    # Replayed earlier rows in a fine-tune, as a share of the new rows: guards against forgetting.
+    replay_share: float = 0.5
+    # Earlier rows kept in the model artifact to replay from (a uniform sample of all seen rows).
+    replay_buffer_rows: int = 4000
+    # Label-history features: shrinkage pseudo-count, yearly decay, yearly means in the trend.
+    shrinkage: float = 3.0
+    decay: float = 0.75
+    trend_window: int = 4
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
-    strategy: Strategy = "transfer"
+    strategy: Strategy = "trend_residual"
     freeze_layers: int = 3
     epochs: int = 30
     fine_tune_epochs: int = 30
@@ -108,6 +142,7 @@ class TrainingConfig:
     # Share of the new period's size drawn from earlier periods and added to a transfer fine-tune.
     replay_share: float = 0.0
     seed: int = 0
+    trend_residual: TrendResidualConfig = TrendResidualConfig()
     # Years before the first model are pooled, as the study did: train once at warmup_end.
     warmup_start: int = 2008
     warmup_end: int = 2014

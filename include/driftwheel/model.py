@@ -1,34 +1,47 @@
-"""The popularity regressor: the study's dense 32-32-32-50-1 network with its preprocessing.
+"""The popularity regressors and how each strategy trains them.
 
-Scalers (feature and target standardization) are fitted on the training data only and travel
-with the network, so a saved model predicts from raw feature values. ``transfer`` fine-tunes a
-copy of a parent model with its first layers frozen and the parent's scalers kept (the frozen
-layers expect the inputs they were trained on); ``full`` trains from scratch.
+``trend_residual`` (the default, :class:`TrendResidualModel`): prediction = the label level of
+the row's period (:func:`driftwheel.features.trend_level`, a line through the last yearly means)
+plus the mean of a small ensemble of MLPs that predict the residual from audio, label-history and
+batch features (:mod:`driftwheel.features`). The label history, the scalers and a replay buffer
+of earlier rows travel in the artifact. A retrain fine-tunes every member for a few epochs on the
+new period plus replayed earlier rows, with nothing frozen: the history grows by the new period,
+new artists get rows, old ones stay.
+
+``transfer`` and ``full`` (:class:`TrainedModel`): the study's dense 32-32-32-50-1 network on the
+audio features. Scalers are fitted on the training data only and travel with the network.
+``transfer`` fine-tunes a copy of a parent with its first layers frozen and the parent's scalers
+kept (the frozen layers expect the inputs they were trained on); ``full`` trains from scratch.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from driftwheel.config import TrainingConfig
+from driftwheel.config import DatasetSpec, TrainingConfig, TrendResidualConfig
+from driftwheel.features import FeatureColumns, FeatureConfig, LabelHistory, build_features, trend_level
 
 logger = logging.getLogger(__name__)
 
 HIDDEN_SIZES: tuple[int, ...] = (32, 32, 32, 50)
 WEIGHTS_FILE = "weights.pt"
 PREPROCESSING_FILE = "preprocessing.json"
+HISTORY_FILE = "history.parquet"
+REPLAY_FILE = "replay.parquet"
 
 
 class PopularityNet(nn.Module):
@@ -89,6 +102,10 @@ class TrainedModel:
     strategy: str
     train_seconds: float = 0.0
     epoch_losses: list[float] = field(default_factory=list)
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return self.preprocessing.features
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         """Predicted popularity for each row of ``frame`` (raw, unscaled feature values)."""
@@ -173,21 +190,277 @@ def fine_tune(parent: TrainedModel, frame: pd.DataFrame, target: str, config: Tr
     return TrainedModel(net, prep, "transfer", seconds, losses)
 
 
-def save(model: TrainedModel, directory: Path) -> dict[str, Path]:
-    """Write the weights and preprocessing to ``directory``; return the files by artifact name."""
+# -- trend_residual ------------------------------------------------------------------------------
+class ResidualNet(nn.Module):
+    """A small MLP with dropout; its output is the residual in units of the residual's std."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...], dropout: float) -> None:
+        super().__init__()
+        sizes = (n_features, *hidden, 1)
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = self.dropout(torch.relu(layer(x)))
+        return self.layers[-1](x).squeeze(-1)
+
+
+def feature_columns(spec: DatasetSpec, frame: pd.DataFrame) -> FeatureColumns:
+    """The spec's columns that ``frame`` has: absent features and text columns are left out."""
+
+    def present(column: str | None) -> str | None:
+        return column if column and column in frame.columns else None
+
+    return FeatureColumns(
+        numeric=tuple(f for f in spec.features if f in frame.columns),
+        period=spec.period_column,
+        target=spec.target,
+        artist=present(spec.artist_column),
+        title=present(spec.title_column),
+        album=present(spec.album_column),
+    )
+
+
+def _feature_config(config: TrendResidualConfig) -> FeatureConfig:
+    return FeatureConfig(shrinkage=config.shrinkage, decay=config.decay, trend_window=config.trend_window)
+
+
+@dataclass
+class TrendResidualModel:
+    """Trend level + residual ensemble, with everything it learnt from labels inside.
+
+    ``replay`` holds featurized earlier rows (feature columns, ``residual``, ``period``, ``row_key``)
+    for the next fine-tune; ``history`` is the label history the features are built from.
+    """
+
+    nets: list[ResidualNet]
+    columns: FeatureColumns
+    config: TrendResidualConfig
+    features: tuple[str, ...]
+    feature_mean: np.ndarray
+    feature_std: np.ndarray
+    residual_std: float
+    history: LabelHistory
+    replay: pd.DataFrame
+    strategy: str = "trend_residual"
+    train_seconds: float = 0.0
+    feature_seconds: float = 0.0
+    epoch_losses: list[float] = field(default_factory=list)
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return self.columns.inputs()
+
+    def level(self, periods: pd.Series) -> np.ndarray:
+        """The label level of each row's period.
+
+        A period the model has labels of gets their mean (over the rows it was fitted on); any
+        later period, the trend of the means before it. Production only ever scores later periods;
+        the gate scores the newest labelled period's held-out rows, and a challenger that has
+        learnt the new level must be able to show it there.
+        """
+        known = self.history.period_means
+        levels = {
+            int(p): float(known[int(p)]) if int(p) in known.index else trend_level(known, int(p), self.config.trend_window)
+            for p in periods.unique()
+        }
+        return periods.astype(int).map(levels).to_numpy(float)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Popularity for each row of ``frame`` (raw columns; pass a whole period's batch at once).
+
+        A row of period ``t`` reads the label history of periods before ``t`` only.
+        """
+        x = build_features(self.history, frame, self.columns, _feature_config(self.config))
+        return self.level(frame[self.columns.period]) + self.predict_residual(x)
+
+    def predict_residual(self, x: pd.DataFrame) -> np.ndarray:
+        scaled = self._scale(x)
+        with torch.no_grad():
+            outputs = []
+            for net in self.nets:
+                net.eval()
+                outputs.append(net(scaled).numpy().astype(np.float64))
+        return np.mean(outputs, axis=0) * self.residual_std
+
+    def _scale(self, x: pd.DataFrame) -> torch.Tensor:
+        values = (x[list(self.features)].to_numpy(np.float64) - self.feature_mean) / self.feature_std
+        return torch.from_numpy(values.astype(np.float32))
+
+
+def _row_keys(frame: pd.DataFrame, columns: FeatureColumns) -> np.ndarray:
+    """A hash of each row's content: the replay sample and the training order depend on what a row
+    holds, never on where it sits, so shuffling the input changes nothing."""
+    used = [*columns.inputs(), columns.target]
+    return pd.util.hash_pandas_object(frame[used], index=False).to_numpy(np.uint64)
+
+
+def _labelled_rows(history: LabelHistory, labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrendResidualConfig) -> pd.DataFrame:
+    """Featurized fit rows of ``labelled`` with their residual target, period and row key."""
+    x = build_features(history, labelled, columns, _feature_config(config))
+    period = labelled[columns.period].astype(int)
+    rows = x.assign(
+        residual=(labelled[columns.target].astype(float) - period.map(history.period_means)).to_numpy(),
+        period=period.to_numpy(),
+        row_key=_row_keys(labelled, columns),
+    )
+    return rows[np.asarray(fit)].reset_index(drop=True)
+
+
+def _replay_buffer(rows: pd.DataFrame, size: int) -> pd.DataFrame:
+    """The ``size`` rows with the smallest keys: a uniform sample of all rows ever seen that a
+    later update can extend without revisiting old data (bottom-k sampling)."""
+    return rows.sort_values("row_key", kind="stable").head(size).reset_index(drop=True)
+
+
+def _fit_residual(net: ResidualNet, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, config: TrendResidualConfig, seed: int) -> list[float]:
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    net.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        total = 0.0
+        for start in range(0, len(x), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            optimizer.zero_grad()
+            loss = ((net(x[idx]) - y[idx]) ** 2).mean()
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+        losses.append(total / max(len(x), 1))
+    net.eval()
+    return losses
+
+
+def train_trend_residual(labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrainingConfig) -> TrendResidualModel:
+    """A new trend_residual model from scratch.
+
+    ``labelled`` holds whole periods (batch features count within a period); all of its labels
+    enter the label history, which only features of later periods read. The networks fit, and the
+    period means are taken over, only the rows where ``fit`` is true (the caller holds out the
+    rows its gate scores).
+    """
+    cfg = config.trend_residual
+    started = time.perf_counter()
+    history = LabelHistory.from_labelled(labelled, columns, mean_rows=fit)
+    rows = _labelled_rows(history, labelled, fit, columns, cfg)
+    features = tuple(c for c in rows.columns if c not in ("residual", "period", "row_key"))
+    built = time.perf_counter()
+    rows = rows.sort_values("row_key", kind="stable")
+    x = rows[list(features)].to_numpy(np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[~(std > 0)] = 1.0  # a constant column carries no signal; keep it harmless
+    residual_std = float(rows["residual"].std()) or 1.0
+    scaled_x = torch.from_numpy(((x - mean) / std).astype(np.float32))
+    scaled_y = torch.from_numpy((rows["residual"].to_numpy() / residual_std).astype(np.float32))
+    nets: list[ResidualNet] = []
+    losses: list[float] = []
+    with _torch_threads(1):
+        for member in range(cfg.ensemble_size):
+            torch.manual_seed(config.seed + member)
+            net = ResidualNet(len(features), cfg.hidden, cfg.dropout)
+            losses = _fit_residual(net, scaled_x, scaled_y, cfg.epochs, cfg.learning_rate, cfg, config.seed + member)
+            nets.append(net)
+    finished = time.perf_counter()
+    model = TrendResidualModel(
+        nets, columns, cfg, features, mean, std, residual_std, history, _replay_buffer(rows, cfg.replay_buffer_rows),
+        train_seconds=finished - built, feature_seconds=built - started, epoch_losses=losses,
+    )
+    logger.info("trend_residual from scratch on %d rows, %d features: features %.2f s, training %.2f s", len(rows), len(features), model.feature_seconds, model.train_seconds)
+    return model
+
+
+def fine_tune_trend_residual(parent: TrendResidualModel, labelled: pd.DataFrame, fit: np.ndarray, config: TrainingConfig) -> TrendResidualModel:
+    """``parent`` updated with the periods in ``labelled``: their labels join the history (a
+    period the parent already had is replaced), and every member is fine-tuned for a few epochs
+    on the ``fit`` rows plus replayed earlier rows. Scalers stay the parent's."""
+    cfg = config.trend_residual
+    started = time.perf_counter()
+    columns = parent.columns
+    history = parent.history.updated(LabelHistory.from_labelled(labelled, columns, mean_rows=fit))
+    new_rows = _labelled_rows(history, labelled, fit, columns, cfg)
+    built = time.perf_counter()
+    replaced = set(int(p) for p in labelled[columns.period].unique())
+    old = parent.replay[~parent.replay["period"].isin(replaced)]
+    n_replay = min(len(old), int(round(cfg.replay_share * len(new_rows))))
+    rng = np.random.default_rng([config.seed, max(replaced)])
+    replayed = old.iloc[np.sort(rng.choice(len(old), size=n_replay, replace=False))] if n_replay else old.head(0)
+    rows = pd.concat([new_rows, replayed], ignore_index=True).sort_values("row_key", kind="stable")
+    scaled_x = torch.from_numpy(((rows[list(parent.features)].to_numpy(np.float64) - parent.feature_mean) / parent.feature_std).astype(np.float32))
+    scaled_y = torch.from_numpy((rows["residual"].to_numpy() / parent.residual_std).astype(np.float32))
+    nets: list[ResidualNet] = []
+    losses: list[float] = []
+    with _torch_threads(1):
+        for member, parent_net in enumerate(parent.nets):
+            net = copy.deepcopy(parent_net)
+            seed = config.seed + member + 1000 * max(replaced)
+            torch.manual_seed(seed)
+            losses = _fit_residual(net, scaled_x, scaled_y, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate, cfg, seed)
+            nets.append(net)
+    finished = time.perf_counter()
+    buffer = _replay_buffer(pd.concat([old, new_rows], ignore_index=True), cfg.replay_buffer_rows)
+    model = dataclasses.replace(
+        parent, nets=nets, history=history, replay=buffer, config=cfg, strategy="trend_residual",
+        train_seconds=finished - built, feature_seconds=built - started, epoch_losses=losses,
+    )
+    logger.info("trend_residual fine-tune on %d new + %d replayed rows: features %.2f s, training %.2f s", len(new_rows), n_replay, model.feature_seconds, model.train_seconds)
+    return model
+
+
+# -- saving and loading ----------------------------------------------------------------------------
+AnyModel = Union[TrainedModel, TrendResidualModel]
+
+
+def save(model: AnyModel, directory: Path) -> dict[str, Path]:
+    """Write the model to ``directory``; return its files by artifact name (see :func:`load`)."""
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     prep = directory / PREPROCESSING_FILE
-    torch.save(model.net.state_dict(), weights)
-    prep.write_text(json.dumps({**asdict(model.preprocessing), "strategy": model.strategy}, indent=2))
-    return {"weights": weights, "preprocessing": prep}
+    if isinstance(model, TrainedModel):
+        torch.save(model.net.state_dict(), weights)
+        prep.write_text(json.dumps({**asdict(model.preprocessing), "strategy": model.strategy}, indent=2))
+        return {"weights": weights, "preprocessing": prep}
+    torch.save({"members": [net.state_dict() for net in model.nets]}, weights)
+    prep.write_text(json.dumps({
+        "kind": "trend_residual",
+        "strategy": model.strategy,
+        "columns": asdict(model.columns),
+        "config": asdict(model.config),
+        "features": list(model.features),
+        "feature_mean": model.feature_mean.tolist(),
+        "feature_std": model.feature_std.tolist(),
+        "residual_std": model.residual_std,
+    }, indent=2))
+    history = directory / HISTORY_FILE
+    replay = directory / REPLAY_FILE
+    model.history.save(history)
+    model.replay.to_parquet(replay, index=False)
+    return {"weights": weights, "preprocessing": prep, "history": history, "replay": replay}
 
 
-def load(weights: Path, preprocessing: Path) -> TrainedModel:
-    raw = json.loads(Path(preprocessing).read_text())
-    strategy = raw.pop("strategy", "full")
-    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    net = PopularityNet(len(prep.features))
-    net.load_state_dict(torch.load(weights, weights_only=True))
-    net.eval()
-    return TrainedModel(net, prep, strategy)
+def load(files: Mapping[str, Path]) -> AnyModel:
+    """The model saved by :func:`save`, from its files by artifact name."""
+    raw = json.loads(Path(files["preprocessing"]).read_text())
+    if raw.get("kind") != "trend_residual":
+        strategy = raw.pop("strategy", "full")
+        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        net = PopularityNet(len(prep.features))
+        net.load_state_dict(torch.load(files["weights"], weights_only=True))
+        net.eval()
+        return TrainedModel(net, prep, strategy)
+    columns = FeatureColumns(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["columns"].items()})
+    config = TrendResidualConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["config"].items()})
+    features = tuple(raw["features"])
+    nets = []
+    for state in torch.load(files["weights"], weights_only=True)["members"]:
+        net = ResidualNet(len(features), config.hidden, config.dropout)
+        net.load_state_dict(state)
+        net.eval()
+        nets.append(net)
+    return TrendResidualModel(
+        nets, columns, config, features, np.asarray(raw["feature_mean"]), np.asarray(raw["feature_std"]),
+        float(raw["residual_std"]), LabelHistory.load(Path(files["history"])), pd.read_parquet(files["replay"]),
+        strategy=raw["strategy"],
+    )

@@ -43,7 +43,7 @@ T_STATUS = "flywheel.status"
 
 # What the logged model needs at load time besides this package (see README: models load where
 # driftwheel is importable, as in the DAG's workers and the benchmark).
-_PIP_REQUIREMENTS = [f"torch=={__import__('torch').__version__.split('+')[0]}", "pandas<3", "numpy"]
+_PIP_REQUIREMENTS = [f"torch=={__import__('torch').__version__.split('+')[0]}", "pandas<3", "numpy", "pyarrow"]
 
 
 _MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -53,7 +53,7 @@ class PopularityModel(PythonModel):
     """A pyfunc that predicts popularity from a DataFrame of raw feature values."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        self._model = model_lib.load(Path(context.artifacts["weights"]), Path(context.artifacts["preprocessing"]))
+        self._model = model_lib.load({name: Path(path) for name, path in context.artifacts.items()})
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.Series:
         return pd.Series(self._model.predict(model_input), index=model_input.index, name="popularity")
@@ -100,7 +100,7 @@ def find_version(client: MlflowClient, name: str, fingerprint: str) -> ModelVers
 
 
 def log_and_register(
-    trained: model_lib.TrainedModel,
+    trained: model_lib.AnyModel,
     example: pd.DataFrame,
     *,
     client: MlflowClient,
@@ -110,10 +110,12 @@ def log_and_register(
 ) -> ModelVersion:
     """Log ``trained`` as a pyfunc in run ``run_id``, register it under ``name`` and tag the version.
 
-    ``example`` is a few training rows; their feature dtypes become the model's input signature.
+    ``example`` is a few training rows; the dtypes of the model's input columns become its
+    signature. Everything the model derived from labels (scalers, label history, replay rows)
+    is among its artifacts, so ``models:/<name>@champion`` predicts from raw columns.
     """
     # The signature takes the curated dtypes (validation coerces them), e.g. integer `key`.
-    signature = infer_signature(example[list(trained.preprocessing.features)])
+    signature = infer_signature(example[list(trained.input_columns)])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
         files = model_lib.save(trained, Path(tmp))
         info = mlflow.pyfunc.log_model(
@@ -133,8 +135,8 @@ def log_and_register(
     return client.get_model_version(name, version.version)
 
 
-def load_trained(version: ModelVersion) -> model_lib.TrainedModel:
-    """The network and preprocessing of a registered version, for scoring or fine-tuning."""
+def load_trained(version: ModelVersion) -> model_lib.AnyModel:
+    """The model object of a registered version, for scoring or fine-tuning."""
     loaded = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     return loaded.unwrap_python_model()._model
 

@@ -16,6 +16,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from driftwheel import decide, evaluate, sources, store, validate
@@ -187,13 +188,43 @@ def _fingerprint(train: pd.DataFrame, **inputs: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def _trend_residual_inputs(
+    settings: Settings, period: int, parent_model: Any
+) -> tuple[pd.DataFrame, np.ndarray, list[int], Any]:
+    """(labelled periods, rows to fit, their periods, the model to fine-tune or None).
+
+    Fine-tuning, the labelled frame holds the periods up to ``period`` that the parent's label
+    history lacks (a skipped period is caught up) and ``period`` itself; from scratch, every
+    period since ``warmup_start``. The period's held-out rows are labelled history for later
+    periods but never fitted: the gate scores them.
+    """
+    from driftwheel import model as model_lib
+
+    cfg = settings.training
+    available = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p <= period]
+    warm = parent_model if isinstance(parent_model, model_lib.TrendResidualModel) and cfg.trend_residual.fine_tune else None
+    if warm is not None:
+        known = set(warm.history.periods)
+        periods = sorted({p for p in available if p not in known and p < period} | {period})
+    else:
+        periods = sorted(set(available) | {period})
+    labelled = store.read_partitions(settings.curated_dir, periods)
+    in_period = (labelled[settings.dataset.period_column] == period).to_numpy()
+    held_out = evaluate.holdout_mask(labelled[settings.dataset.id_column], settings.gate.holdout_fraction)
+    return labelled, ~(in_period & held_out), periods, warm
+
+
 def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any]:
     """Train a challenger for ``period`` and register it (alias ``challenger``).
 
-    ``transfer`` fine-tunes the production model on the period's training split (plus a replay
-    sample of earlier periods if configured); ``full``, and a cold start, train from scratch —
-    a cold start on the pooled warm-up periods. A version trained from identical inputs before
-    is reused, not registered again.
+    ``trend_residual`` (the default) fine-tunes the production model on the period's training
+    split plus replayed earlier rows, after adding every labelled period it has not seen to its
+    label history; from scratch (a cold start, ``fine_tune`` off, or a champion of another kind)
+    it trains on all periods since ``warmup_start``. ``transfer`` fine-tunes the study network on
+    the period's training split (plus a replay sample of earlier periods if configured); ``full``,
+    and a cold start, train it from scratch — a cold start on the pooled warm-up periods. The
+    period's held-out split is never fitted. A version trained from identical inputs before is
+    reused, not registered again.
     """
     from driftwheel import registry, report
 
@@ -202,44 +233,67 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
     client = _client(settings)
     spec, cfg = settings.dataset, settings.training
     parent = registry.champion_for_period(client, settings.model_name, period)
-    current = store.read_partition(settings.curated_dir, period)
-    train, _ = _split(current, settings)
-    latest_train = train
-
-    strategy = cfg.strategy if parent is not None else "full"
-    training_periods = [period]
-    if parent is None:
-        earlier = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p < period]
-        if earlier:
-            train = pd.concat([store.read_partitions(settings.curated_dir, earlier), train], ignore_index=True)
-        training_periods = [*earlier, period]
-    elif strategy == "transfer" and cfg.replay_share > 0:
-        earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
-        if earlier:
-            pool = store.read_partitions(settings.curated_dir, earlier)
-            replay = pool.sample(n=min(len(pool), int(cfg.replay_share * len(train))), random_state=cfg.seed)
-            train = pd.concat([train, replay], ignore_index=True)
-
-    features = _features(current, settings)
     parent_model = registry.load_trained(parent) if parent is not None else None
-    if strategy == "transfer" and parent_model is not None and not set(parent_model.preprocessing.features) <= set(features):
-        logger.warning("period %s lacks features of the champion; training from scratch instead", period)
-        strategy = "full"
+    trained: model_lib.AnyModel | None = None
+    if cfg.strategy == "trend_residual":
+        strategy = "trend_residual"
+        labelled, fit, training_periods, warm_parent = _trend_residual_inputs(settings, period, parent_model)
+        fingerprint = _fingerprint(
+            labelled.assign(_fit=fit),
+            period=period,
+            strategy=strategy,
+            parent=str(parent.version) if parent and warm_parent else None,
+            training=dataclasses.asdict(cfg),
+            dataset=dataclasses.asdict(spec),
+        )
+        example = labelled.head(5)
+        train_rows = int(fit.sum())
+    else:
+        current = store.read_partition(settings.curated_dir, period)
+        train, _ = _split(current, settings)
+        latest_train = train
 
-    fingerprint = _fingerprint(
-        train[[spec.id_column, *features, spec.target]],
-        period=period,
-        strategy=strategy,
-        parent=str(parent.version) if parent else None,
-        training=dataclasses.asdict(cfg),
-    )
+        strategy = cfg.strategy if isinstance(parent_model, model_lib.TrainedModel) else "full"
+        training_periods = [period]
+        if strategy == "full":
+            earlier = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p < period]
+            if parent is None and earlier:
+                train = pd.concat([store.read_partitions(settings.curated_dir, earlier), train], ignore_index=True)
+                training_periods = [*earlier, period]
+        elif strategy == "transfer" and cfg.replay_share > 0:
+            earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
+            if earlier:
+                pool = store.read_partitions(settings.curated_dir, earlier)
+                replay = pool.sample(n=min(len(pool), int(cfg.replay_share * len(train))), random_state=cfg.seed)
+                train = pd.concat([train, replay], ignore_index=True)
+
+        features = _features(current, settings)
+        if strategy == "transfer" and not set(parent_model.preprocessing.features) <= set(features):
+            logger.warning("period %s lacks features of the champion; training from scratch instead", period)
+            strategy = "full"
+
+        fingerprint = _fingerprint(
+            train[[spec.id_column, *features, spec.target]],
+            period=period,
+            strategy=strategy,
+            parent=str(parent.version) if parent else None,
+            training=dataclasses.asdict(cfg),
+        )
+        example = train.head(5)
+        train_rows = len(train)
     existing = registry.find_version(client, settings.model_name, fingerprint)
     if existing is not None:
         logger.info("period %s: version %s was trained from the same inputs; reusing it", period, existing.version)
         report.record(client, run_id, tags={report.T_CHALLENGER: existing.version})
         return {"version": str(existing.version), "strategy": strategy, "reused": True, "train_seconds": 0.0}
 
-    if strategy == "transfer" and parent_model is not None:
+    if strategy == "trend_residual":
+        columns = model_lib.feature_columns(spec, labelled)
+        if warm_parent is not None:
+            trained = model_lib.fine_tune_trend_residual(warm_parent, labelled, fit, cfg)
+        else:
+            trained = model_lib.train_trend_residual(labelled, fit, columns, cfg)
+    elif strategy == "transfer":
         trained = model_lib.fine_tune(parent_model, train, spec.target, cfg)
     else:
         trained = model_lib.train_full(train, features, spec.target, cfg)
@@ -253,7 +307,7 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
 
     version = registry.log_and_register(
         trained,
-        train.head(5),
+        example,
         client=client,
         name=settings.model_name,
         run_id=run_id,
@@ -264,16 +318,28 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
             registry.T_STRATEGY: strategy,
             registry.T_PARENT: str(parent.version) if parent else "",
             registry.T_FINGERPRINT: fingerprint,
-            "flywheel.train_rows": str(len(train)),
+            "flywheel.train_rows": str(train_rows),
         },
     )
     report.record(
         client,
         run_id,
-        metrics={"train_seconds": trained.train_seconds, "train_rows": len(train), "final_train_loss": trained.epoch_losses[-1] if trained.epoch_losses else None},
+        metrics={
+            "train_seconds": trained.train_seconds,
+            "feature_seconds": getattr(trained, "feature_seconds", None),
+            "train_rows": train_rows,
+            "final_train_loss": trained.epoch_losses[-1] if trained.epoch_losses else None,
+        },
         tags={report.T_CHALLENGER: version.version, "flywheel.strategy": strategy},
     )
-    return {"version": str(version.version), "strategy": strategy, "reused": False, "train_seconds": round(trained.train_seconds, 3)}
+    return {
+        "version": str(version.version),
+        "strategy": strategy,
+        "reused": False,
+        "train_seconds": round(trained.train_seconds, 3),
+        "feature_seconds": round(getattr(trained, "feature_seconds", 0.0), 3),
+        "from_scratch": strategy == "full" or (strategy == "trend_residual" and warm_parent is None),
+    }
 
 
 def evaluate_challenger(settings: Settings, period: int, run_id: str, version: str) -> dict[str, Any]:
@@ -286,19 +352,21 @@ def evaluate_challenger(settings: Settings, period: int, run_id: str, version: s
     client = _client(settings)
     spec = settings.dataset
     current = store.read_partition(settings.curated_dir, period)
-    _, holdout = _split(current, settings)
-    y = holdout[spec.target]
+    held_out = evaluate.holdout_mask(current[spec.id_column], settings.gate.holdout_fraction)
+    y = current[spec.target][held_out]
 
+    # Models score the whole period and are judged on its held-out rows: batch features (tracks
+    # per artist in the batch) describe the period as it arrived, not a fifth of it.
     challenger_version = client.get_model_version(settings.model_name, version)
-    challenger_rmse = evaluate.rmse(y, registry.load_trained(challenger_version).predict(holdout))
+    challenger_rmse = evaluate.rmse(y, registry.load_trained(challenger_version).predict(current)[held_out])
     champion = registry.champion_for_period(client, settings.model_name, period)
-    champion_rmse = evaluate.rmse(y, registry.load_trained(champion).predict(holdout)) if champion else None
+    champion_rmse = evaluate.rmse(y, registry.load_trained(champion).predict(current)[held_out]) if champion else None
 
     if store.has_partition(settings.curated_dir, period - 1):
         baseline_level = float(store.read_partition(settings.curated_dir, period - 1)[spec.target].mean())
     else:
         baseline_level = float(_split(current, settings)[0][spec.target].mean())
-    baseline_rmse = evaluate.rmse(y, pd.Series(baseline_level, index=y.index))
+    baseline_rmse = evaluate.rmse(y, np.full(len(y), baseline_level))
 
     gate = evaluate.passes_gate(challenger_rmse, champion_rmse, baseline_rmse, settings.gate)
     for key, value in (
