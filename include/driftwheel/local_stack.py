@@ -68,6 +68,7 @@ class StackError(RuntimeError):
 class StackConfig:
     state_dir: Path  # everything lives under here: pg data, airflow home, logs, pids
     dags_folder: Path
+    plugins_folder: Path | None = None  # None: Airflow's default, $AIRFLOW_HOME/plugins
     python_path: tuple[Path, ...] = ()  # added to PYTHONPATH of every airflow process
     airflow_db_uri: str | None = None  # None -> embedded PostgreSQL under state_dir/pg, db "airflow"
     mlflow_db_uri: str | None = None  # None -> the same embedded server, database "mlflow"
@@ -88,6 +89,8 @@ class LocalStack:
     """Airflow's api-server, scheduler and dag-processor on PostgreSQL, as a context manager."""
 
     _ASYNC_CONN = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"
+    executor = "LocalExecutor"
+    start_timeout = 180.0  # seconds for every process to come up healthy
 
     def __init__(self, config: StackConfig) -> None:
         self.config = config
@@ -135,9 +138,9 @@ class LocalStack:
             self.airflow("db", "migrate", timeout=600)
             t_migrate = time.monotonic()
             self._check_port_free()
-            for name in PROCESSES:
-                self._spawn(name)
-            self._wait_healthy(timeout=180)
+            for name, argv in self.processes().items():
+                self._spawn(name, argv)
+            self._wait_healthy(timeout=self.start_timeout)
         except BaseException:
             self.stop()
             raise
@@ -149,13 +152,12 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop what this stack started (process groups, children included), then its PostgreSQL."""
-        for name in reversed(PROCESSES):
-            proc = self._procs.pop(name, None)
-            if proc is not None:
-                t0 = time.monotonic()
-                _terminate_tree(proc.pid)
-                proc.wait(timeout=10)
-                log.info("stopped %s (pid %d) in %.1fs", name, proc.pid, time.monotonic() - t0)
+        for name in reversed(list(self._procs)):
+            proc = self._procs.pop(name)
+            t0 = time.monotonic()
+            terminate_tree(proc.pid)
+            proc.wait(timeout=10)
+            log.info("stopped %s (pid %d) in %.1fs", name, proc.pid, time.monotonic() - t0)
             self._pid_file(name).unlink(missing_ok=True)
         if self._pg is not None:
             self._pg.stop()
@@ -177,6 +179,10 @@ class LocalStack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.config.api_port}"
 
+    def processes(self) -> dict[str, list[str]]:
+        """name -> command line of each background process, in start order (stopped in reverse)."""
+        return {name: [self._airflow_bin, name] for name in PROCESSES}
+
     @property
     def env(self) -> dict[str, str]:
         """The full environment every airflow process gets."""
@@ -193,6 +199,9 @@ class LocalStack:
         log_server = {}
         if self._log_server_port is not None:
             log_server = {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(self._log_server_port)}
+        plugins = {}
+        if self.config.plugins_folder is not None:
+            plugins = {"AIRFLOW__CORE__PLUGINS_FOLDER": str(self.config.plugins_folder.resolve())}
         python_path = [str(p.resolve()) for p in self.config.python_path]
         if os.environ.get("PYTHONPATH"):
             python_path.append(os.environ["PYTHONPATH"])
@@ -200,7 +209,7 @@ class LocalStack:
             **inherited,
             "AIRFLOW_HOME": str(self.airflow_home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.airflow_db_uri,
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.config.dags_folder.resolve()),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
@@ -213,6 +222,7 @@ class LocalStack:
             "PYTHONPATH": os.pathsep.join(python_path),
             **no_async,
             **log_server,
+            **plugins,
             "FLYWHEEL_MLFLOW_TRACKING_URI": self.mlflow_db_uri,
             **self.config.extra_env,
         }
@@ -356,12 +366,12 @@ class LocalStack:
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
 
-    def _spawn(self, name: str) -> None:
+    def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
         log_path = self.logs_dir / f"{name}.log"
         with log_path.open("ab") as out:
             proc = subprocess.Popen(
-                [self._airflow_bin, name],
-                env=self.env,
+                argv,
+                env=dict(self.env if env is None else env),
                 cwd=self.state_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -371,23 +381,15 @@ class LocalStack:
         self._procs[name] = proc
         created = psutil.Process(proc.pid).create_time()
         self._pid_file(name).write_text(f"{proc.pid} {created}\n")
-        log.info("started airflow %s (pid %d), log %s", name, proc.pid, log_path)
+        log.info("started %s (pid %d), log %s", name, proc.pid, log_path)
 
     def _kill_stale_processes(self) -> None:
         """Processes left behind by a crashed run of this state dir, recognised by pid + start time."""
-        for name in PROCESSES:
-            path = self._pid_file(name)
-            if not path.exists():
-                continue
-            try:
-                pid_s, created_s = path.read_text().split()
-                proc = psutil.Process(int(pid_s))
-                same = abs(proc.create_time() - float(created_s)) < 0.01
-                if same and proc.status() != psutil.STATUS_ZOMBIE:
-                    log.warning("stopping airflow %s (pid %s) left over from a previous run", name, pid_s)
-                    _terminate_tree(proc.pid)
-            except (ValueError, psutil.Error):
-                pass
+        for path in sorted(self.run_dir.glob("*.pid")):
+            proc = recorded_process(path)
+            if proc is not None:
+                log.warning("stopping %s (pid %d) left over from a previous run", path.stem, proc.pid)
+                terminate_tree(proc.pid)
             path.unlink(missing_ok=True)
 
     def _check_port_free(self) -> None:
@@ -395,21 +397,25 @@ class LocalStack:
             if s.connect_ex(("127.0.0.1", self.config.api_port)) == 0:
                 raise StackError(f"port {self.config.api_port} is already in use")
 
+    def _healthy(self, health: Mapping[str, Any]) -> bool:
+        """Whether the API server's health document (and anything else the stack runs) says ready."""
+        up = [(health.get(k) or {}).get("status") for k in ("scheduler", "dag_processor")]
+        return all(s == "healthy" for s in up)
+
     def _wait_healthy(self, timeout: float) -> None:
-        """Until the API server answers and reports a heartbeat of scheduler and dag-processor."""
+        """Until the API server answers and :meth:`_healthy` holds (scheduler, dag-processor beat)."""
         deadline = time.monotonic() + timeout
         health: dict[str, Any] = {}
         while True:
             for name, proc in self._procs.items():
                 if proc.poll() is not None:
                     log_tail = _tail((self.logs_dir / f"{name}.log").read_text(errors="replace"))
-                    raise StackError(f"airflow {name} exited with {proc.returncode}:\n{log_tail}")
+                    raise StackError(f"{name} exited with {proc.returncode}:\n{log_tail}")
             try:
                 url = f"{self.api_url}/api/v2/monitor/health"
                 with urllib.request.urlopen(url, timeout=5) as resp:
                     health = json.load(resp)
-                up = [(health.get(k) or {}).get("status") for k in ("scheduler", "dag_processor")]
-                if all(s == "healthy" for s in up):
+                if self._healthy(health):
                     return
             except (OSError, ValueError):
                 pass
@@ -538,7 +544,23 @@ class _EmbeddedPostgres:
             Path(lines[4].strip(), f".s.PGSQL.{lines[3].strip()}.lock").unlink(missing_ok=True)
 
 
-def _terminate_tree(pid: int, grace: float = 20.0) -> None:
+def recorded_process(pid_file: Path) -> psutil.Process | None:
+    """The live process a pid file names, or None.
+
+    A pid file holds "<pid> <start time>": a pid reused by an unrelated process since then has
+    another start time and is not returned, so nothing is ever signalled that this stack did not start.
+    """
+    try:
+        pid_s, created_s = pid_file.read_text().split()
+        proc = psutil.Process(int(pid_s))
+        if abs(proc.create_time() - float(created_s)) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE:
+            return proc
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def terminate_tree(pid: int, grace: float = 20.0) -> None:
     """SIGTERM the process group of ``pid`` and its descendants, SIGKILL what outlives ``grace``.
 
     Descendants are collected first because Airflow's task supervisor puts each task process into a
