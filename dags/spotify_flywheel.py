@@ -65,7 +65,7 @@ LAST_YEAR = os.environ.get("FLYWHEEL_LAST_YEAR")
         "year": Param(None, type=["null", "integer"], minimum=1900, maximum=2100, description="Year to process; empty: the run's logical date."),
         "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "file"], description="Where tracks come from; empty: FLYWHEEL_SOURCE (synthetic)."),
         "landing_dir": Param(None, type=["null", "string"], description="Folder of CSV/Parquet files for the file source."),
-        "strategy": Param("transfer", type="string", enum=["transfer", "full"], description="transfer: fine-tune the champion; full: train from scratch."),
+        "strategy": Param("trend_residual", type="string", enum=["trend_residual", "transfer", "full"], description="trend_residual: trend level + residual ensemble, fine-tuned with replay (benchmarks/prequential.py); transfer: the study net, first 3 layers frozen; full: the study net from scratch."),
         "force_retrain": Param(False, type="boolean", description="Retrain even if nothing drifted."),
         "max_drift_share": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Share of drifted features that triggers a retrain."),
         "max_rmse_increase": Param(None, type=["null", "number"], minimum=0, description="Retrain when production RMSE exceeds the champion's held-out RMSE by this fraction."),
