@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install demo ui table test test-unit test-e2e clean
+.PHONY: install demo ui table test test-unit test-e2e clean bench
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -24,6 +24,9 @@ ui: install  ## serve the Airflow UI (:8080) and the MLflow UI (:5000) on the de
 
 table: install
 	$(BIN)/python -m driftwheel table
+
+bench: install  ## prequential benchmark of every policy on the seed data (else synthetic); writes state/bench/
+	$(BIN)/python benchmarks/prequential.py --out state/bench
 
 test: install  ## unit, DAG and end-to-end tests (the e2e tests use PostgreSQL on 127.0.0.1:5432)
 	$(BIN)/python -m pytest

@@ -35,3 +35,10 @@ def test_warm_up_then_cold_start_then_force() -> None:
     cold = should_retrain(_summary(period=2014, **no_model), DriftPolicy(), warmup_end=2014)
     assert cold.retrain and "cold start" in cold.reason
     assert should_retrain(_summary(), DriftPolicy(), warmup_end=2014, force=True).retrain
+
+
+def test_absolute_rmse_limit_is_the_studys_rule() -> None:
+    study = DriftPolicy(max_drift_share=1.01, retrain_on_target_drift=False, max_rmse_increase=1e9, max_production_rmse=3.5)
+    decision = should_retrain(_summary(production_rmse=3.6), study, warmup_end=2014)
+    assert decision.retrain and "production RMSE 3.60 > 3.50" in decision.reason
+    assert not should_retrain(_summary(production_rmse=3.4), study, warmup_end=2014).retrain

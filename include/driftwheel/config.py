@@ -94,6 +94,9 @@ class DriftPolicy:
     retrain_on_target_drift: bool = True
     # Retrain when the champion's production RMSE exceeds its own held-out RMSE by this fraction.
     max_rmse_increase: float = 0.10
+    # Retrain when the champion's production RMSE exceeds this absolute value (None: no such rule;
+    # the study retrained whenever RMSE > 3.5).
+    max_production_rmse: float | None = None
 
 
 @dataclass(frozen=True)

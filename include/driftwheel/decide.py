@@ -66,6 +66,12 @@ def should_retrain(
                 f"production RMSE {summary.production_rmse:.2f} > {limit:.2f} "
                 f"(held-out {summary.champion_holdout_rmse:.2f} + {policy.max_rmse_increase:.0%})"
             )
+    if (
+        policy.max_production_rmse is not None
+        and summary.production_rmse is not None
+        and summary.production_rmse > policy.max_production_rmse
+    ):
+        reasons.append(f"production RMSE {summary.production_rmse:.2f} > {policy.max_production_rmse:.2f}")
     if reasons:
         return Decision("retrain", "; ".join(reasons))
 

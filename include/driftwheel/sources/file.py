@@ -90,3 +90,12 @@ def read_period(source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path, 
     batch = pd.concat(frames, ignore_index=True)
     logger.info("read %d rows of %s from %s", len(batch), period, ", ".join(p.name for p in used))
     return Batch(period=period, frame=batch, files=tuple(used))
+
+
+def available_periods(source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path) -> list[int]:
+    """Every period with at least one row across the landing files, ascending."""
+    periods: set[int] = set()
+    for path in landing_files(landing_dir, source.pattern):
+        values = pd.to_numeric(_map_columns(_read(path), source, spec, path)[spec.period_column], errors="coerce")
+        periods.update(int(v) for v in values.dropna().unique())
+    return sorted(periods)
