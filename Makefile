@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install demo ui table test test-unit test-e2e clean bench
+.PHONY: install demo ui table test test-unit test-e2e clean bench stack stack-down stack-status
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -33,6 +33,15 @@ test: install  ## unit, DAG and end-to-end tests (the e2e tests use PostgreSQL o
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not e2e"
+
+stack: install  ## the server topology without Docker: MLflow + Airflow on Celery workers (scripts/stack.sh up)
+	scripts/stack.sh up
+
+stack-down:  ## stop what `make stack` started
+	scripts/stack.sh down
+
+stack-status:
+	scripts/stack.sh status
 
 clean:  ## forget every run: databases, models, data and reports of the embedded default
 	rm -rf state

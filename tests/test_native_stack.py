@@ -1,0 +1,130 @@
+"""The native server stack's configuration and its process bookkeeping, without starting Airflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from driftwheel.native_stack import (
+    REPO_ROOT,
+    WORKER_HOSTNAME_ENV,
+    NativeStack,
+    NativeStackConfig,
+    stop_recorded,
+    worker_hostname,
+)
+
+
+def test_config_from_env_defaults_to_the_local_servers_and_passes_flywheel_settings_on() -> None:
+    config = NativeStackConfig.from_env({"FLYWHEEL_STATE_DIR": "/srv/fw", "FLYWHEEL_SOURCE": "file", "HOME": "/root"})
+    assert config.state_dir == Path("/srv/fw/server")
+    assert config.airflow_db_uri.endswith("@127.0.0.1:5432/flywheel_airflow")
+    assert config.broker_url == "redis://127.0.0.1:6379/0"
+    assert (config.workers, config.api_port, config.mlflow_port) == (2, 8080, 5000)
+    assert config.plugins_folder == REPO_ROOT / "plugins"
+    # The stack's own settings are not passed to the tasks; the flywheel's are.
+    assert dict(config.extra_env) == {"FLYWHEEL_SOURCE": "file"}
+
+
+def test_config_from_env_reads_the_dsns_and_sizes() -> None:
+    env = {
+        "FLYWHEEL_STACK_DIR": "/tmp/s",
+        "FLYWHEEL_AIRFLOW_DB_URI": "postgresql+psycopg2://a@db/af",
+        "FLYWHEEL_MLFLOW_DB_URI": "postgresql+psycopg2://m@db/ml",
+        "FLYWHEEL_CELERY_BROKER_URL": "redis://broker:6379/3",
+        "FLYWHEEL_WORKERS": "5",
+        "FLYWHEEL_API_PORT": "9090",
+        "FLYWHEEL_ADMIN_PASSWORD": "pw",
+    }
+    config = NativeStackConfig.from_env(env)
+    assert config.state_dir == Path("/tmp/s")
+    assert (config.airflow_db_uri, config.mlflow_db_uri) == (env["FLYWHEEL_AIRFLOW_DB_URI"], env["FLYWHEEL_MLFLOW_DB_URI"])
+    assert (config.broker_url, config.workers, config.api_port) == ("redis://broker:6379/3", 5, 9090)
+    assert config.admin_password == "pw" and not config.extra_env
+
+
+def _stack(tmp_path: Path, **changes: object) -> NativeStack:
+    config = NativeStackConfig(
+        state_dir=tmp_path,
+        airflow_db_uri="postgresql+psycopg2://postgres@127.0.0.1:5432/af",
+        mlflow_db_uri="postgresql+psycopg2://postgres@127.0.0.1:5432/ml",
+        broker_url="redis://127.0.0.1:6379/9",
+        mlflow_port=5999,
+        queue="q1",
+        **changes,  # type: ignore[arg-type]
+    )
+    return NativeStack(config)
+
+
+def test_every_process_gets_celery_login_and_the_mlflow_server(tmp_path: Path) -> None:
+    stack = _stack(tmp_path, workers=3)
+    env = stack.env
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://127.0.0.1:6379/9"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql+psycopg2://postgres@127.0.0.1:5432/af"
+    assert env["AIRFLOW__OPERATORS__DEFAULT_QUEUE"] == "q1"
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(REPO_ROOT / "plugins")
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+    assert env["FLYWHEEL_MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5999"
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == stack.env["AIRFLOW__CORE__FERNET_KEY"]  # generated once
+
+    procs = stack.processes()
+    assert list(procs) == ["mlflow", "api-server", "dag-processor", "triggerer", "worker-1", "worker-2", "worker-3", "scheduler"]
+    assert "--serve-artifacts" in procs["mlflow"] and str(stack.artifacts_dir) in procs["mlflow"]
+    worker = procs["worker-2"]
+    assert worker[1:3] == ["celery", "worker"]
+    assert worker[worker.index("--celery-hostname") + 1] == stack.worker_names[1]
+    assert worker[worker.index("--queues") + 1] == "q1"
+    assert len(set(stack.worker_names)) == 3
+
+
+def test_the_admin_password_is_generated_once_and_private(tmp_path: Path) -> None:
+    stack = _stack(tmp_path)
+    user, password = stack.admin_credentials()
+    assert user == "admin" and len(password) >= 16
+    assert _stack(tmp_path).admin_credentials() == (user, password)
+    path = tmp_path / "passwords.json"
+    assert json.loads(path.read_text()) == {"admin": password}
+    assert path.stat().st_mode & 0o077 == 0
+    assert stack.env["AIRFLOW__CORE__FERNET_KEY"]
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o077 == 0
+    # A configured password wins and is written for the api-server to read.
+    assert _stack(tmp_path, admin_password="chosen").admin_credentials() == ("admin", "chosen")
+    assert json.loads(path.read_text()) == {"admin": "chosen"}
+
+
+def test_worker_hostname_is_the_workers_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(WORKER_HOSTNAME_ENV, "worker-2@box")
+    assert worker_hostname() == "worker-2@box"
+    monkeypatch.delenv(WORKER_HOSTNAME_ENV)
+    assert worker_hostname()
+
+
+def test_down_stops_only_the_processes_its_pid_files_name(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        (run / "worker-1.pid").write_text(f"{ours.pid} {psutil.Process(ours.pid).create_time()}\n")
+        # A pid file whose pid now belongs to another process (a different start time): left alone.
+        (run / "scheduler.pid").write_text(f"{bystander.pid} {psutil.Process(bystander.pid).create_time() - 100}\n")
+        (run / "mlflow.pid").write_text("999999999 1.0\n")  # long gone
+
+        assert stop_recorded(tmp_path) == ["worker-1"]
+        assert ours.wait(timeout=30) is not None
+        time.sleep(0.2)
+        assert bystander.poll() is None
+        assert not list(run.glob("*.pid"))
+    finally:
+        for proc in (ours, bystander):
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
