@@ -39,7 +39,7 @@ SPOTIFY_AUDIO_FEATURES: tuple[str, ...] = (
 # replay (see driftwheel.model). transfer and full: the study's 32-32-32-50-1 network.
 Strategy = Literal["trend_residual", "transfer", "full"]
 STRATEGIES: tuple[str, ...] = ("trend_residual", "transfer", "full")
-SourceName = Literal["synthetic", "file"]
+SourceName = Literal["synthetic", "file", "spotify"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,16 @@ class FileSourceConfig:
     # A column holding a release date (any pandas-parsable format) from which the year is taken
     # when the files have no period column of their own.
     date_column: str | None = None
+
+
+@dataclass(frozen=True)
+class SpotifyConfig:
+    """What the Spotify source fetches, and from where. Credentials are no configuration: the DAG
+    reads the ``spotify_default`` connection, else ``SPOTIPY_CLIENT_ID``/``SPOTIPY_CLIENT_SECRET``."""
+
+    max_tracks: int = 1000  # the search endpoint serves no offset beyond 1000
+    api_base: str | None = None  # None: https://api.spotify.com/v1/
+    auth_url: str | None = None  # None: https://accounts.spotify.com/api/token
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,7 @@ class Settings:
     dataset: DatasetSpec = DatasetSpec()
     file_source: FileSourceConfig = FileSourceConfig()
     synthetic: SyntheticConfig = SyntheticConfig()
+    spotify: SpotifyConfig = SpotifyConfig()
     validation: ValidationPolicy = ValidationPolicy()
     drift: DriftPolicy = DriftPolicy()
     gate: GatePolicy = GatePolicy()
@@ -203,7 +214,8 @@ class Settings:
         ``FLYWHEEL_MLFLOW_TRACKING_URI``, ``FLYWHEEL_MODEL_NAME``, ``FLYWHEEL_LANDING_DIR``,
         ``FLYWHEEL_COLUMN_MAP`` (a JSON file, see :func:`load_column_map`),
         ``FLYWHEEL_ROWS_PER_YEAR``, ``FLYWHEEL_EPOCHS``, ``FLYWHEEL_WARMUP_START``,
-        ``FLYWHEEL_WARMUP_END``.
+        ``FLYWHEEL_WARMUP_END``, ``FLYWHEEL_SPOTIFY_MAX_TRACKS``, ``FLYWHEEL_SPOTIFY_API_BASE``,
+        ``FLYWHEEL_SPOTIFY_AUTH_URL``.
         """
         env = os.environ if env is None else env
         settings = cls(state_dir=Path(env.get("FLYWHEEL_STATE_DIR", REPO_ROOT / "state")))
@@ -228,6 +240,16 @@ class Settings:
                     settings.synthetic, rows_per_year=int(env["FLYWHEEL_ROWS_PER_YEAR"])
                 ),
             )
+        spotify: dict[str, Any] = {}
+        for key, name in (
+            ("FLYWHEEL_SPOTIFY_MAX_TRACKS", "max_tracks"),
+            ("FLYWHEEL_SPOTIFY_API_BASE", "api_base"),
+            ("FLYWHEEL_SPOTIFY_AUTH_URL", "auth_url"),
+        ):
+            if env.get(key):
+                spotify[name] = int(env[key]) if name == "max_tracks" else env[key]
+        if spotify:
+            settings = dataclasses.replace(settings, spotify=dataclasses.replace(settings.spotify, **spotify))
         training: dict[str, Any] = {}
         for key, name in (
             ("FLYWHEEL_EPOCHS", "epochs"),
