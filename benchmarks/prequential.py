@@ -9,10 +9,14 @@ directory of its own (DIR/state/<policy>, with its own MLflow store). A period's
 champion's production RMSE, taken by the drift step on the whole period *before* anything is
 trained on its labels. Policies differ only in configuration:
 
+The study's three policies promote every model they train, as the study did (no gate):
+
 * ``static``: the study network trained once on the warm-up years, never retrained;
 * ``study_transfer``: the study's transfer learning, first 3 of 5 layers frozen, the last 2
   fine-tuned whenever production RMSE > 3.5;
 * ``full_retrain``: the study network retrained from scratch on the latest year, every year;
+and then
+
 * ``previous_mean``: no model, every track gets the previous year's mean popularity;
 * ``default``: the project's defaults (``trend_residual``, drift-triggered, gated);
 * ``default_from_scratch``: the same model and decisions, but every retrain starts from scratch
@@ -48,11 +52,13 @@ if str(REPO / "include") not in sys.path:
 import numpy as np  # noqa: E402
 
 from driftwheel import evaluate, steps, store  # noqa: E402
-from driftwheel.config import DriftPolicy, Settings, TrainingConfig, load_column_map  # noqa: E402
+from driftwheel.config import DriftPolicy, GatePolicy, Settings, TrainingConfig, load_column_map  # noqa: E402
 from driftwheel.sources import file as file_source  # noqa: E402
 
 SEED_CSV = REPO.parent / "shared" / "data" / "spotify_seed" / "tracks_2008_2019.csv"
 NEVER = DriftPolicy(max_drift_share=math.inf, retrain_on_target_drift=False, max_rmse_increase=math.inf)
+# The study promoted every model it trained; its policies are replayed without the project's gate.
+NO_GATE = GatePolicy(enabled=False)
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ POLICIES: tuple[Policy, ...] = (
     Policy(
         "static",
         "study net trained once on the warm-up years, never retrained",
-        lambda s: dataclasses.replace(s, training=_training(s, strategy="full"), drift=NEVER),
+        lambda s: dataclasses.replace(s, training=_training(s, strategy="full"), drift=NEVER, gate=NO_GATE),
     ),
     Policy(
         "study_transfer",
@@ -80,12 +86,13 @@ POLICIES: tuple[Policy, ...] = (
             s,
             training=_training(s, strategy="transfer", freeze_layers=3, fine_tune_epochs=30),
             drift=dataclasses.replace(NEVER, max_production_rmse=3.5),
+            gate=NO_GATE,
         ),
     ),
     Policy(
         "full_retrain",
         "study net retrained from scratch on the latest year, every year",
-        lambda s: dataclasses.replace(s, training=_training(s, strategy="full"), force_retrain=True),
+        lambda s: dataclasses.replace(s, training=_training(s, strategy="full"), force_retrain=True, gate=NO_GATE),
     ),
     Policy("previous_mean", "every track gets the previous year's mean popularity", None),
     Policy("default", "the project's defaults: trend_residual, drift-triggered retrain, gated", lambda s: s),

@@ -28,3 +28,8 @@ def test_holdout_split_depends_on_ids_not_row_order() -> None:
     assert 0.17 < mask.mean() < 0.23
     shuffled = ids.sample(frac=1, random_state=1)
     assert (holdout_mask(shuffled, 0.2) == mask[shuffled.index]).all()
+
+
+def test_a_disabled_gate_promotes_even_a_worse_challenger() -> None:
+    result = passes_gate(9.0, 5.0, 6.0, GatePolicy(enabled=False))
+    assert result.passed and "gate disabled" in result.reason

@@ -116,6 +116,8 @@ class GatePolicy:
     # The challenger's RMSE must be at least this fraction below the champion's.
     min_improvement: float = 0.01
     holdout_fraction: float = 0.2
+    # False: every challenger is promoted, as in the study (the benchmark replays it that way).
+    enabled: bool = True
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ def passes_gate(
     policy: GatePolicy,
 ) -> GateResult:
     """Promote only if the challenger beats the baseline and beats the champion by the margin."""
+    if not policy.enabled:
+        return GateResult(True, f"gate disabled: challenger RMSE {challenger_rmse:.2f} promoted unchecked",
+                          challenger_rmse, champion_rmse, baseline_rmse)
     if challenger_rmse >= baseline_rmse:
         return GateResult(
             False,
