@@ -198,7 +198,34 @@ def test_the_secret_is_never_written_nor_logged(
 def test_credentials_from_env() -> None:
     env = {"SPOTIFY_CLIENT_ID": "an-id", "SPOTIFY_CLIENT_SECRET": "a-secret"}
     assert SpotifyCredentials.from_env(env) == SpotifyCredentials("an-id", "a-secret")
+    # spotipy's own variable names come first.
+    spotipy_env = {**env, "SPOTIPY_CLIENT_ID": "id-2", "SPOTIPY_CLIENT_SECRET": "secret-2"}
+    assert SpotifyCredentials.from_env(spotipy_env) == SpotifyCredentials("id-2", "secret-2")
     with pytest.raises(SpotifySourceError, match="SPOTIFY_CLIENT_SECRET not set"):
         SpotifyCredentials.from_env({"SPOTIFY_CLIENT_ID": "an-id"})
+    with pytest.raises(SpotifySourceError, match="SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET not set.*spotify_default"):
+        SpotifyCredentials.from_env({})
     with pytest.raises(ValueError):
         SpotifyCredentials("an-id", "")
+
+
+def test_the_spotify_source_lands_a_year_once_for_validation(fake: FakeSpotify, tmp_path: Path) -> None:
+    from driftwheel import sources
+    from driftwheel.config import Settings, SpotifyConfig
+
+    settings = Settings(
+        state_dir=tmp_path,
+        source="spotify",
+        spotify=SpotifyConfig(max_tracks=100, api_base=fake.api_base, auth_url=fake.auth_url),
+    )
+    landed = sources.land_period(settings, YEAR, CREDENTIALS)
+    assert landed.files == (tmp_path / "landing" / "spotify" / f"tracks_{YEAR}.csv",)
+    searches = len(fake.requests_to("search"))
+    assert searches == 2  # max_tracks=100 in pages of 50
+
+    again = sources.land_period(settings, YEAR, CREDENTIALS)
+    assert again.files == landed.files and len(fake.requests_to("search")) == searches  # not fetched twice
+
+    batch = sources.read_period(settings, YEAR)
+    # 100 search results, one of them the fixture's repeated track.
+    assert len(batch.frame) == 99 and set(SPOTIFY_AUDIO_FEATURES) <= set(batch.frame.columns)

@@ -1,8 +1,9 @@
 """Where a period's tracks come from.
 
 Every source ends in the landing folder: the synthetic source writes one deterministic CSV per
-period there (only if it is not there yet, so landing files are never rewritten); the file source
-reads the folder the user points it at. Validation always reads through :func:`file.read_period`.
+period there (only if it is not there yet, so landing files are never rewritten); the Spotify
+source fetches the year from the Web API into it, raw responses first (also only once); the file
+source reads the folder the user points it at. Validation always reads through :func:`file.read_period`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from driftwheel.config import Settings
 from driftwheel.sources import file as file_source
 from driftwheel.sources.file import Batch, LandingError
+
+if TYPE_CHECKING:
+    from driftwheel.sources.spotify import SpotifyCredentials
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +33,12 @@ class Landed:
     files: tuple[Path, ...]
 
 
-def land_period(settings: Settings, period: int) -> Landed:
-    """Make sure the landing folder holds ``period``'s raw data; return the files that do."""
+def land_period(settings: Settings, period: int, credentials: SpotifyCredentials | None = None) -> Landed:
+    """Make sure the landing folder holds ``period``'s raw data; return the files that do.
+
+    ``credentials`` are used by the Spotify source only (default: from the environment, see
+    :meth:`SpotifyCredentials.from_env`); they are never logged nor written.
+    """
     if settings.source == "synthetic":
         from driftwheel.sources.synthetic import generate_year
 
@@ -41,15 +50,31 @@ def land_period(settings: Settings, period: int) -> Landed:
             tmp.replace(path)
             logger.info("generated synthetic landing file %s", path)
         return Landed(period, settings.landing_dir, (path,))
+    if settings.source == "spotify":
+        from driftwheel.sources import spotify
+
+        path = settings.landing_dir / f"tracks_{period}.csv"
+        if path.exists():
+            logger.info("spotify tracks of %d already landed in %s: not fetched again", period, path)
+        else:
+            spotify.fetch_year(
+                period,
+                settings.landing_dir,
+                credentials or spotify.SpotifyCredentials.from_env(),
+                api_base=settings.spotify.api_base,
+                auth_url=settings.spotify.auth_url,
+                max_tracks=settings.spotify.max_tracks,
+            )
+        return Landed(period, settings.landing_dir, (path,))
     if settings.source == "file":
         batch = read_period(settings, period)
         return Landed(period, settings.landing_dir, batch.files)
-    raise ValueError(f"unknown source {settings.source!r}: expected 'synthetic' or 'file'")
+    raise ValueError(f"unknown source {settings.source!r}: expected 'synthetic', 'spotify' or 'file'")
 
 
 def read_period(settings: Settings, period: int) -> Batch:
     """The period's raw rows from the landing folder, renamed to the dataset spec's columns."""
     source = settings.file_source
-    if settings.source == "synthetic":
+    if settings.source in ("synthetic", "spotify"):
         source = type(source)(pattern=f"tracks_{period}.csv")
     return file_source.read_period(source, settings.dataset, settings.landing_dir, period)

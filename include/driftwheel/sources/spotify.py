@@ -94,15 +94,23 @@ class SpotifyCredentials:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SpotifyCredentials:
-        """Credentials from ``SPOTIFY_CLIENT_ID`` and ``SPOTIFY_CLIENT_SECRET``.
+        """Credentials from ``SPOTIPY_CLIENT_ID`` and ``SPOTIPY_CLIENT_SECRET`` (spotipy's names),
+        else ``SPOTIFY_CLIENT_ID`` and ``SPOTIFY_CLIENT_SECRET``.
 
         Raises :class:`SpotifySourceError` naming the variable that is missing or empty.
         """
         env = os.environ if env is None else env
-        missing = [k for k in ("SPOTIFY_CLIENT_ID", "SPOTIFY_CLIENT_SECRET") if not env.get(k)]
-        if missing:
-            raise SpotifySourceError(f"Spotify credentials: {' and '.join(missing)} not set")
-        return cls(client_id=env["SPOTIFY_CLIENT_ID"], client_secret=env["SPOTIFY_CLIENT_SECRET"])
+        pairs = [("SPOTIPY_CLIENT_ID", "SPOTIPY_CLIENT_SECRET"), ("SPOTIFY_CLIENT_ID", "SPOTIFY_CLIENT_SECRET")]
+        for id_key, secret_key in pairs:
+            if env.get(id_key) and env.get(secret_key):
+                return cls(client_id=env[id_key], client_secret=env[secret_key])
+        # Name what is missing of the pair the user started to set (spotipy's when neither).
+        started = next((pair for pair in pairs if any(env.get(k) for k in pair)), pairs[0])
+        missing = [k for k in started if not env.get(k)]
+        raise SpotifySourceError(
+            f"Spotify credentials: {' and '.join(missing)} not set (or an Airflow connection spotify_default "
+            "with the client id as login and the client secret as password)"
+        )
 
 
 @dataclass(frozen=True)
