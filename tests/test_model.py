@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tracks import make_tracks
@@ -53,3 +54,85 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     files = save(model, tmp_path)
     loaded = load(files)
     assert np.allclose(loaded.predict(frame), model.predict(frame))
+
+
+# -- trend_residual --------------------------------------------------------------------------------
+import pandas as pd  # noqa: E402
+
+from driftwheel.config import DatasetSpec, TrendResidualConfig  # noqa: E402
+from driftwheel.model import (  # noqa: E402
+    TrendResidualModel,
+    feature_columns,
+    fine_tune_trend_residual,
+    train_trend_residual,
+)
+
+SMALL = TrainingConfig(trend_residual=TrendResidualConfig(ensemble_size=2, epochs=10, fine_tune_epochs=3, replay_buffer_rows=300))
+
+
+def _artist_year(year: int, seed: int, n: int = 300) -> pd.DataFrame:
+    """Popularity = a level rising 3 a year + a lasting artist effect (+-6) + two audio features."""
+    frame = make_tracks(year, n=n, level=50 + 3 * (year - 2010), seed=seed)
+    effect = (frame["artist_name"].str.extract(r"(\d+)")[0].astype(int) % 5 - 2) * 3
+    return frame.assign(popularity=(frame["popularity"] + effect).clip(0, 100))
+
+
+def _trained(years: tuple[int, ...] = (2010, 2011, 2012)) -> tuple[TrendResidualModel, pd.DataFrame]:
+    past = pd.concat([_artist_year(y, seed=y) for y in years], ignore_index=True)
+    return train_trend_residual(past, np.ones(len(past), dtype=bool), feature_columns(DatasetSpec(), past), SMALL), past
+
+
+def test_trend_residual_follows_the_trend_and_learns_artists() -> None:
+    model, past = _trained()
+    test = _artist_year(2013, seed=77)
+    level_only = model.level(test["year"])
+    means = past.groupby("year")["popularity"].mean()
+    # A level rising ~3 a year is extrapolated, not held at 2012's mean.
+    assert level_only[0] == pytest.approx(means[2012] + (means[2012] - means[2010]) / 2, abs=0.5)
+    assert rmse(test["popularity"], model.predict(test)) < 0.75 * rmse(test["popularity"], level_only)
+
+
+def test_a_known_period_is_scored_at_its_own_level() -> None:
+    model, past = _trained()
+    # The gate scores the newest labelled period's held-out rows: its level is the fitted mean.
+    assert model.level(pd.Series([2012]))[0] == pytest.approx(past.loc[past["year"] == 2012, "popularity"].mean())
+
+
+def test_fit_rows_alone_set_a_period_level() -> None:
+    frame = _artist_year(2010, seed=1)
+    fit = np.arange(len(frame)) % 5 != 0
+    model = train_trend_residual(frame, fit, feature_columns(DatasetSpec(), frame), SMALL)
+    assert model.history.period_means[2010] == pytest.approx(frame["popularity"][fit].mean())
+
+
+def test_fine_tune_grows_the_vocabulary_keeps_scalers_and_moves_every_layer() -> None:
+    parent, _ = _trained()
+    new = _artist_year(2013, seed=13).assign(artist_name=lambda f: f["artist_name"].where(f.index % 3 > 0, "Newcomer"))
+    child = fine_tune_trend_residual(parent, new, np.ones(len(new), dtype=bool), SMALL)
+    artists = set(child.history.table.loc[child.history.table["table"] == "artist", "key"])
+    assert "Newcomer" in artists and set(parent.history.table.loc[parent.history.table["table"] == "artist", "key"]) < artists
+    assert child.history.periods == [2010, 2011, 2012, 2013]
+    np.testing.assert_array_equal(child.feature_mean, parent.feature_mean)
+    for a, b in zip(parent.nets[0].layers, child.nets[0].layers):
+        assert not torch.equal(a.weight, b.weight)  # nothing frozen
+    assert len(child.replay) <= 300 and set(child.replay["period"]) <= {2010, 2011, 2012, 2013}
+    assert child.train_seconds < 5
+
+
+def test_trend_residual_works_without_text_columns() -> None:
+    past = pd.concat([_artist_year(y, seed=y) for y in (2010, 2011)], ignore_index=True)
+    bare = past.drop(columns=["artist_name", "song_name", "album_name"])
+    columns = feature_columns(DatasetSpec(), bare)
+    assert columns.artist is None and columns.title is None and columns.album is None
+    model = train_trend_residual(bare, np.ones(len(bare), dtype=bool), columns, SMALL)
+    assert model.features == tuple(SPOTIFY_AUDIO_FEATURES)
+    assert np.isfinite(model.predict(_artist_year(2012, seed=3).drop(columns=["artist_name"]))).all()
+
+
+def test_trend_residual_save_and_load_round_trip(tmp_path: Path) -> None:
+    model, _ = _trained((2010, 2011))
+    loaded = load(save(model, tmp_path))
+    test = _artist_year(2012, seed=5)
+    assert isinstance(loaded, TrendResidualModel)
+    np.testing.assert_allclose(loaded.predict(test), model.predict(test), rtol=0, atol=1e-9)
+    pd.testing.assert_frame_equal(loaded.replay, model.replay)
