@@ -3,7 +3,8 @@
 
 One run per year: **ingest → validate → drift report → decide → retrain → evaluate → promote**.
 
-* `ingest_tracks` lands the year's raw tracks (synthetic by default, or a folder of CSV/Parquet files).
+* `ingest_tracks` lands the year's raw tracks (synthetic by default, a folder of CSV/Parquet files,
+  or the Spotify Web API with the `spotify_default` connection's client id and secret).
 * `validate_tracks` checks them against the declared schema; bad rows are quarantined, a bad batch
   fails the run (the message names the file, column and rule) and nothing downstream runs.
 * `report_drift` compares the year with the champion's training data (Evidently) and scores the
@@ -35,6 +36,24 @@ def _settings() -> Any:
     return Settings.from_env().with_params(get_current_context()["params"])
 
 
+def _spotify_credentials(settings: Any) -> Any:
+    """Client id (login) and secret (password) of the ``spotify_default`` connection, for the
+    Spotify source only; None without one (the library then reads SPOTIPY_CLIENT_ID/SECRET).
+    Passed straight to the library: never logged, returned or pushed to XCom."""
+    if settings.source != "spotify":
+        return None
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from driftwheel.sources.spotify import SpotifyCredentials
+
+    try:
+        conn = Connection.get("spotify_default")
+    except AirflowNotFoundException:
+        return None
+    return SpotifyCredentials(client_id=conn.login or "", client_secret=conn.password or "")
+
+
 def _period() -> int:
     """The year this run processes: the ``year`` param, else the run's logical date."""
     context = get_current_context()
@@ -63,7 +82,7 @@ LAST_YEAR = os.environ.get("FLYWHEEL_LAST_YEAR")
     tags=["flywheel", "mlflow", "evidently"],
     params={
         "year": Param(None, type=["null", "integer"], minimum=1900, maximum=2100, description="Year to process; empty: the run's logical date."),
-        "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "file"], description="Where tracks come from; empty: FLYWHEEL_SOURCE (synthetic)."),
+        "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "file", "spotify"], description="Where tracks come from; empty: FLYWHEEL_SOURCE (synthetic)."),
         "landing_dir": Param(None, type=["null", "string"], description="Folder of CSV/Parquet files for the file source."),
         "strategy": Param("trend_residual", type="string", enum=["trend_residual", "transfer", "full"], description="trend_residual: trend level + residual ensemble, fine-tuned with replay (benchmarks/prequential.py); transfer: the study net, first 3 layers frozen; full: the study net from scratch."),
         "force_retrain": Param(False, type="boolean", description="Retrain even if nothing drifted."),
@@ -77,7 +96,8 @@ def spotify_flywheel() -> None:
     def ingest_tracks() -> dict[str, Any]:
         from driftwheel import steps
 
-        return steps.ingest_tracks(_settings(), _period())
+        settings = _settings()
+        return steps.ingest_tracks(settings, _period(), _spotify_credentials(settings))
 
     @task
     def validate_tracks(landed: dict[str, Any]) -> dict[str, Any]:

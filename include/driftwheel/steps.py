@@ -26,6 +26,8 @@ from driftwheel.decide import Decision, DriftSummary
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from driftwheel.sources.spotify import SpotifyCredentials
+
 logger = logging.getLogger(__name__)
 
 
@@ -61,9 +63,10 @@ def _split(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.Da
 
 
 # -- ingest and validate -------------------------------------------------------------------------
-def ingest_tracks(settings: Settings, period: int) -> dict[str, Any]:
-    """Land the period's raw data (the synthetic source generates it; the file source checks it)."""
-    landed = sources.land_period(settings, period)
+def ingest_tracks(settings: Settings, period: int, credentials: SpotifyCredentials | None = None) -> dict[str, Any]:
+    """Land the period's raw data (the synthetic source generates it, the Spotify source fetches it
+    with ``credentials``, the file source checks it). The result holds no credentials."""
+    landed = sources.land_period(settings, period, credentials)
     return {"period": period, "landing_dir": str(landed.landing_dir), "files": [p.name for p in landed.files]}
 
 
