@@ -110,6 +110,13 @@ class DriftPolicy:
 
 
 @dataclass(frozen=True)
+class LivePolicy:
+    """Live mode: when the labeled rows that arrived since the last retrain are worth considering one."""
+
+    min_new_rows: int = 500  # per period (release year), across the new files
+
+
+@dataclass(frozen=True)
 class GatePolicy:
     """When a challenger replaces the champion."""
 
@@ -177,6 +184,7 @@ class Settings:
     validation: ValidationPolicy = ValidationPolicy()
     drift: DriftPolicy = DriftPolicy()
     gate: GatePolicy = GatePolicy()
+    live: LivePolicy = LivePolicy()
     training: TrainingConfig = TrainingConfig()
     force_retrain: bool = False
 
@@ -217,7 +225,7 @@ class Settings:
         ``FLYWHEEL_COLUMN_MAP`` (a JSON file, see :func:`load_column_map`),
         ``FLYWHEEL_ROWS_PER_YEAR``, ``FLYWHEEL_EPOCHS``, ``FLYWHEEL_WARMUP_START``,
         ``FLYWHEEL_WARMUP_END``, ``FLYWHEEL_SPOTIFY_MAX_TRACKS``, ``FLYWHEEL_SPOTIFY_API_BASE``,
-        ``FLYWHEEL_SPOTIFY_AUTH_URL``.
+        ``FLYWHEEL_SPOTIFY_AUTH_URL``, ``FLYWHEEL_LIVE_MIN_NEW_ROWS``.
         """
         env = os.environ if env is None else env
         settings = cls(state_dir=Path(env.get("FLYWHEEL_STATE_DIR", REPO_ROOT / "state")))
@@ -252,6 +260,8 @@ class Settings:
                 spotify[name] = int(env[key]) if name == "max_tracks" else env[key]
         if spotify:
             settings = dataclasses.replace(settings, spotify=dataclasses.replace(settings.spotify, **spotify))
+        if env.get("FLYWHEEL_LIVE_MIN_NEW_ROWS"):
+            settings = dataclasses.replace(settings, live=LivePolicy(min_new_rows=int(env["FLYWHEEL_LIVE_MIN_NEW_ROWS"])))
         training: dict[str, Any] = {}
         for key, name in (
             ("FLYWHEEL_EPOCHS", "epochs"),
@@ -308,6 +318,8 @@ class Settings:
             settings = dataclasses.replace(
                 settings, validation=ValidationPolicy(max_bad_share=float(p["max_bad_share"]))
             )
+        if "min_new_rows" in p:
+            settings = dataclasses.replace(settings, live=LivePolicy(min_new_rows=int(p["min_new_rows"])))
         return settings
 
 

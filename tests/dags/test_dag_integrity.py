@@ -35,6 +35,15 @@ print(json.dumps({
     "depends_on_past": sorted({t.depends_on_past for t in dag.tasks}) if dag else None,
     "params": sorted(dag.params.keys()) if dag else None,
     "schedule": dag.timetable.expression if dag else None,
+    "live": {
+        d.dag_id: {
+            "edges": sorted([t.task_id, x] for t in d.tasks for x in t.downstream_task_ids),
+            "schedule": getattr(d.timetable, "expression", None),
+            "scheduled_on": [a.name for a in getattr(getattr(d.timetable, "asset_condition", None), "objects", ())],
+            "outlets": {t.task_id: [a.name for a in t.outlets] for t in d.tasks if t.outlets},
+        }
+        for d in bag.dags.values() if d.dag_id.startswith("live_")
+    },
 }))
 """
 
@@ -98,3 +107,21 @@ def test_dag_files_import_nothing_heavy_at_top_level() -> None:
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
             assert not [n for n in names if n.split(".")[0] in HEAVY], f"{path.name}:{node.lineno}"
+
+
+def test_live_ingest_and_retrain_are_joined_by_an_asset(parsed: dict) -> None:
+    ingest, retrain = parsed["live"]["live_ingest"], parsed["live"]["live_retrain"]
+    assert ingest["schedule"] in ("@weekly", "0 0 * * 0")
+    assert ingest["edges"] == sorted(
+        [
+            ["collect_new_tracks", "decide_live_retrain"],
+            ["collect_new_tracks", "announce_new_tracks"],
+            ["collect_new_tracks", "wait_for_rows"],
+            ["decide_live_retrain", "announce_new_tracks"],
+            ["decide_live_retrain", "wait_for_rows"],
+        ]
+    )
+    # Lineage: the asset announce_new_tracks updates is the one live_retrain is scheduled on.
+    assert ingest["outlets"] == {"announce_new_tracks": ["driftwheel_new_labeled_tracks"]}
+    assert retrain["scheduled_on"] == ["driftwheel_new_labeled_tracks"]
+    assert retrain["edges"] == [["plan_retrain", "retrain_period"]]

@@ -1,0 +1,126 @@
+"""
+### Live flywheel
+
+Two DAGs joined by the Asset **`driftwheel_new_labeled_tracks`** (the UI's asset graph shows the lineage):
+
+* **`live_ingest`** runs weekly: `collect_new_tracks` pulls the current year when the source is
+  Spotify (or synthetic), then records every file newly dropped into the landing folder and
+  counts its labeled rows per year; `decide_live_retrain` compares the rows pending since the last
+  retrain with `min_new_rows` (FLYWHEEL_LIVE_MIN_NEW_ROWS, default 500) and branches to
+  `announce_new_tracks`, which updates the asset with the years that are due, or `wait_for_rows`.
+* **`live_retrain`** is scheduled on that asset: `plan_retrain` reads the years from the asset
+  events, and `retrain_period` triggers `spotify_flywheel` once per year with `year`, `source`
+  and `landing_dir` as Params -- the same validate, drift, decide, retrain and gate steps as the replay.
+
+The library's `driftwheel.live` keeps the manifest of seen files (`<state>/live/manifest.json`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+NEW_LABELED_TRACKS = Asset(name="driftwheel_new_labeled_tracks", uri="driftwheel://live/new-labeled-tracks")
+
+
+def _settings() -> Any:
+    from driftwheel.config import Settings
+
+    return Settings.from_env().with_params(get_current_context()["params"])
+
+
+@dag(
+    dag_id="live_ingest",
+    schedule="@weekly",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["flywheel", "live"],
+    params={
+        "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "file", "spotify"], description="Where new tracks come from; empty: FLYWHEEL_SOURCE."),
+        "landing_dir": Param(None, type=["null", "string"], description="The landing folder the file source watches."),
+        "min_new_rows": Param(None, type=["null", "integer"], minimum=1, description="New labeled rows of a year that make a retrain worth considering."),
+    },
+)
+def live_ingest() -> None:
+    @task
+    def collect_new_tracks() -> dict[str, Any]:
+        from driftwheel import live
+
+        settings = _settings()
+        context = get_current_context()
+        # The year a Spotify pull fetches: the one the run belongs to (a manual run has no logical date).
+        year = (context.get("logical_date") or context["dag_run"].run_after).year
+        return live.collect_new_tracks(settings, year, _spotify_credentials(settings))
+
+    @task.branch
+    def decide_live_retrain(collected: dict[str, Any]) -> str:
+        from driftwheel import live
+
+        pending = {int(p): n for p, n in collected["pending"].items()}
+        return "announce_new_tracks" if live.due_periods(pending, _settings().live) else "wait_for_rows"
+
+    @task(outlets=[NEW_LABELED_TRACKS])
+    def announce_new_tracks(collected: dict[str, Any]) -> dict[str, Any]:
+        from driftwheel import live
+
+        settings = _settings()
+        due = live.due_periods({int(p): n for p, n in collected["pending"].items()}, settings.live)
+        announced = live.announce(settings, due)
+        get_current_context()["outlet_events"][NEW_LABELED_TRACKS].extra = {
+            "confs": [live.retrain_conf(settings, p) for p in announced["periods"]],
+            "rows": announced["rows"],
+        }
+        return announced
+
+    @task
+    def wait_for_rows(collected: dict[str, Any]) -> None:
+        """Not enough new labeled rows yet: they stay pending for next week."""
+
+    collected = collect_new_tracks()
+    decide_live_retrain(collected) >> [announce_new_tracks(collected), wait_for_rows(collected)]
+
+
+def _spotify_credentials(settings: Any) -> Any:
+    """The ``spotify_default`` connection for the Spotify source (see spotify_flywheel.py)."""
+    if settings.source != "spotify":
+        return None
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from driftwheel.sources.spotify import SpotifyCredentials
+
+    try:
+        conn = Connection.get("spotify_default")
+    except AirflowNotFoundException:
+        return None
+    return SpotifyCredentials(client_id=conn.login or "", client_secret=conn.password or "")
+
+
+@dag(
+    dag_id="live_retrain",
+    schedule=[NEW_LABELED_TRACKS],
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["flywheel", "live"],
+)
+def live_retrain() -> None:
+    @task
+    def plan_retrain() -> list[dict[str, Any]]:
+        events = get_current_context()["triggering_asset_events"][NEW_LABELED_TRACKS]
+        confs = {c["year"]: c for event in events for c in (event.extra or {}).get("confs", [])}
+        return [confs[year] for year in sorted(confs)]
+
+    TriggerDagRunOperator.partial(
+        task_id="retrain_period", trigger_dag_id="spotify_flywheel", wait_for_completion=False
+    ).expand(conf=plan_retrain())
+
+
+live_ingest()
+live_retrain()
