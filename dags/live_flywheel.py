@@ -12,7 +12,7 @@ Two DAGs joined by the Asset **`driftwheel_new_labeled_tracks`** (the UI's asset
   events, and `retrain_period` triggers `spotify_flywheel` once per year with `year`, `source`
   and `landing_dir` as Params -- the same validate, drift, decide, retrain and gate steps as the replay.
 
-The library's `driftwheel.live` keeps the manifest of seen files (`<state>/live/manifest.json`).
+The library's `driftwheel.live` keeps a manifest of the seen files per landing folder under `<state>/live/`.
 """
 
 from __future__ import annotations

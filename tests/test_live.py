@@ -89,3 +89,12 @@ def test_pulling_sources_land_the_year_before_scanning(tmp_path: Path) -> None:
     assert collected["new_files"] == ["tracks_2021.csv"]
     assert collected["pending"] == {"2021": settings.synthetic.rows_per_year}
     assert live.collect_new_tracks(settings, 2021)["new_files"] == []
+
+
+def test_each_landing_folder_has_its_own_pending_rows(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    _drop(settings, "a.csv", 2021, 60)
+    live.collect_new_tracks(settings, 2021)
+    other = Settings(state_dir=settings.state_dir, source="file", file_source=FileSourceConfig(landing_dir=tmp_path / "other"))
+    (tmp_path / "other").mkdir()
+    assert live.collect_new_tracks(other, 2021)["pending"] == {}

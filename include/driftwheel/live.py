@@ -5,7 +5,7 @@ landing folder (or the Spotify source pulls the current year into it), and every
 :func:`collect_new_tracks` looks for files it has not seen. A file is known by its content hash, so
 a renamed copy is not counted twice and a rewritten file counts again. Its labeled rows (a
 target value present) are counted per period and kept as *pending* in the manifest
-``<state>/live/manifest.json``. :func:`due_periods` (pure) names the periods whose pending rows
+``<state>/live/manifest-<source>-<folder hash>.json``. :func:`due_periods` (pure) names the periods whose pending rows
 reach :attr:`LivePolicy.min_new_rows`; :func:`announce` marks them as handed to training, which
 runs the yearly pipeline for each of them (the DAG passes the period as the run's ``year``).
 """
@@ -40,7 +40,9 @@ class NewFile:
 
 
 def manifest_path(settings: Settings) -> Path:
-    return settings.state_dir / "live" / "manifest.json"
+    """One manifest per watched folder: rows pending in one folder say nothing about another."""
+    folder = hashlib.sha256(str(settings.landing_dir.resolve()).encode()).hexdigest()[:12]
+    return settings.state_dir / "live" / f"manifest-{settings.source}-{folder}.json"
 
 
 def _load(path: Path) -> dict[str, Any]:
