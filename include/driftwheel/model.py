@@ -25,7 +25,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -410,7 +409,7 @@ def fine_tune_trend_residual(parent: TrendResidualModel, labelled: pd.DataFrame,
 
 
 # -- saving and loading ----------------------------------------------------------------------------
-AnyModel = Union[TrainedModel, TrendResidualModel]
+AnyModel = TrainedModel | TrendResidualModel
 
 
 def save(model: AnyModel, directory: Path) -> dict[str, Path]:

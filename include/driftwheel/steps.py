@@ -26,6 +26,8 @@ from driftwheel.decide import Decision, DriftSummary
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from driftwheel.model import AnyModel, TrendResidualModel
+
     from driftwheel.sources.spotify import SpotifyCredentials
 
 logger = logging.getLogger(__name__)
@@ -192,8 +194,8 @@ def _fingerprint(train: pd.DataFrame, **inputs: Any) -> str:
 
 
 def _trend_residual_inputs(
-    settings: Settings, period: int, parent_model: Any
-) -> tuple[pd.DataFrame, np.ndarray, list[int], Any]:
+    settings: Settings, period: int, parent_model: AnyModel | None
+) -> tuple[pd.DataFrame, np.ndarray, list[int], TrendResidualModel | None]:
     """(labelled periods, rows to fit, their periods, the model to fine-tune or None).
 
     Fine-tuning, the labelled frame holds the periods up to ``period`` that the parent's label
@@ -237,7 +239,7 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
     spec, cfg = settings.dataset, settings.training
     parent = registry.champion_for_period(client, settings.model_name, period)
     parent_model = registry.load_trained(parent) if parent is not None else None
-    trained: model_lib.AnyModel | None = None
+    trained: AnyModel
     if cfg.strategy == "trend_residual":
         strategy = "trend_residual"
         labelled, fit, training_periods, warm_parent = _trend_residual_inputs(settings, period, parent_model)
