@@ -117,8 +117,10 @@ def live_retrain() -> None:
         confs = {c["year"]: c for event in events for c in (event.extra or {}).get("confs", [])}
         return [confs[year] for year in sorted(confs)]
 
+    # No logical date: the year comes from the conf, and the yearly DAG's end date (a replay's
+    # FLYWHEEL_LAST_YEAR) or an existing run of that year's 1 January cannot block the run.
     TriggerDagRunOperator.partial(
-        task_id="retrain_period", trigger_dag_id="spotify_flywheel", wait_for_completion=False
+        task_id="retrain_period", trigger_dag_id="spotify_flywheel", logical_date=None, wait_for_completion=False
     ).expand(conf=plan_retrain())
 
 
