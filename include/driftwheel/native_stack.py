@@ -324,8 +324,8 @@ def status(stack: NativeStack) -> dict[str, str]:
         proc = recorded_process(path)
         out[path.stem] = f"running (pid {proc.pid})" if proc is not None else "stopped"
     health = f"{stack.api_url}/api/v2/monitor/health"
-    out["airflow api"] = f"{stack.api_url} " + ("up" if _http_ok(health) else "down")
-    out["mlflow"] = f"{stack.mlflow_url} " + ("up" if _http_ok(f"{stack.mlflow_url}/health") else "down")
+    out["Airflow UI/API"] = f"{stack.api_url} " + ("answers" if _http_ok(health) else "no answer")
+    out["MLflow UI/API"] = f"{stack.mlflow_url} " + ("answers" if _http_ok(f"{stack.mlflow_url}/health") else "no answer")
     return out
 
 
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = NativeStack(config)
     if args.command == "status":
         for name, state in status(stack).items():
-            print(f"{name:<14} {state}")
+            print(f"{name:<15} {state}")
         return 0
     stack.start()
     user, _ = stack.admin_credentials()
