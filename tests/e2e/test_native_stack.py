@@ -4,7 +4,9 @@
 Airflow api-server, dag-processor, triggerer, scheduler (CeleryExecutor) and two Celery workers on
 the machine's PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379). The scheduler backfills
 2013-2015 (a cold start in 2013, then drift decisions), then 2016 is triggered through the REST
-API the way the UI's trigger form does it, as a logged-in user.
+API the way the UI's trigger form does it, as a logged-in user. Last, live mode: files dropped
+into a landing folder reach training through live_ingest, the asset and live_retrain.
+Set FLYWHEEL_KEEP_STATE=1 to keep the stack's directory (logs) after the run.
 """
 
 from __future__ import annotations
