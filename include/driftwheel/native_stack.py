@@ -163,6 +163,8 @@ class NativeStack(LocalStack):
         self._fqdn = socket.getfqdn()
         # The triggerer serves its logs on a fixed port (8794) by default: another stack would clash.
         self._trigger_log_port = _free_port()
+        # Where each process's output starts in its log (logs are appended to across restarts).
+        self._log_offsets: dict[str, int] = {}
 
     # -- what runs ---------------------------------------------------------------------------
 
@@ -242,6 +244,8 @@ class NativeStack(LocalStack):
         super().start()
 
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        log_path = self.logs_dir / f"{name}.log"
+        self._log_offsets[name] = log_path.stat().st_size if log_path.exists() else 0
         if name.startswith("worker-"):
             node = self.worker_names[int(name.removeprefix("worker-")) - 1]
             env = {
@@ -256,9 +260,10 @@ class NativeStack(LocalStack):
         if not all(s == "healthy" for s in up):
             return False
         for i, node in enumerate(self.worker_names, start=1):
-            worker_log = (self.logs_dir / f"worker-{i}.log").read_text(errors="replace")
-            if f"{node} ready." not in worker_log:
-                return False
+            with (self.logs_dir / f"worker-{i}.log").open("rb") as worker_log:
+                worker_log.seek(self._log_offsets.get(f"worker-{i}", 0))
+                if f"{node} ready.".encode() not in worker_log.read():
+                    return False
         return _http_ok(f"{self.mlflow_url}/health")
 
     # -- internals ---------------------------------------------------------------------------
