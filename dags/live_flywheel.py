@@ -50,12 +50,13 @@ def live_ingest() -> None:
     @task
     def collect_new_tracks() -> dict[str, Any]:
         from driftwheel import live
+        from flywheel_connections import spotify_credentials  # the DAG folder is on sys.path
 
         settings = _settings()
         context = get_current_context()
         # The year a Spotify pull fetches: the one the run belongs to (a manual run has no logical date).
         year = (context.get("logical_date") or context["dag_run"].run_after).year
-        return live.collect_new_tracks(settings, year, _spotify_credentials(settings))
+        return live.collect_new_tracks(settings, year, spotify_credentials(settings))
 
     @task.branch
     def decide_live_retrain(collected: dict[str, Any]) -> str:
@@ -83,22 +84,6 @@ def live_ingest() -> None:
 
     collected = collect_new_tracks()
     decide_live_retrain(collected) >> [announce_new_tracks(collected), wait_for_rows(collected)]
-
-
-def _spotify_credentials(settings: Any) -> Any:
-    """The ``spotify_default`` connection for the Spotify source (see spotify_flywheel.py)."""
-    if settings.source != "spotify":
-        return None
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    from driftwheel.sources.spotify import SpotifyCredentials
-
-    try:
-        conn = Connection.get("spotify_default")
-    except AirflowNotFoundException:
-        return None
-    return SpotifyCredentials(client_id=conn.login or "", client_secret=conn.password or "")
 
 
 @dag(

@@ -36,24 +36,6 @@ def _settings() -> Any:
     return Settings.from_env().with_params(get_current_context()["params"])
 
 
-def _spotify_credentials(settings: Any) -> Any:
-    """Client id (login) and secret (password) of the ``spotify_default`` connection, for the
-    Spotify source only; None without one (the library then reads SPOTIPY_CLIENT_ID/SECRET).
-    Passed straight to the library: never logged, returned or pushed to XCom."""
-    if settings.source != "spotify":
-        return None
-    from airflow.sdk import Connection
-    from airflow.sdk.exceptions import AirflowNotFoundException
-
-    from driftwheel.sources.spotify import SpotifyCredentials
-
-    try:
-        conn = Connection.get("spotify_default")
-    except AirflowNotFoundException:
-        return None
-    return SpotifyCredentials(client_id=conn.login or "", client_secret=conn.password or "")
-
-
 def _period() -> int:
     """The year this run processes: the ``year`` param, else the run's logical date."""
     context = get_current_context()
@@ -95,9 +77,10 @@ def spotify_flywheel() -> None:
     @task
     def ingest_tracks() -> dict[str, Any]:
         from driftwheel import steps
+        from flywheel_connections import spotify_credentials  # the DAG folder is on sys.path
 
         settings = _settings()
-        return steps.ingest_tracks(settings, _period(), _spotify_credentials(settings))
+        return steps.ingest_tracks(settings, _period(), spotify_credentials(settings))
 
     @task
     def validate_tracks(landed: dict[str, Any]) -> dict[str, Any]:

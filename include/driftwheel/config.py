@@ -34,6 +34,19 @@ SPOTIFY_AUDIO_FEATURES: tuple[str, ...] = (
     "time_signature",
 )
 
+# The seed data's schema (../shared/data/spotify_seed), which the synthetic and Spotify sources write.
+SEED_COLUMNS: tuple[str, ...] = (
+    "year",
+    "track_id",
+    "artist_name",
+    "song_name",
+    "album_name",
+    *SPOTIFY_AUDIO_FEATURES,
+    "popularity",
+)
+SEED_INT_COLUMNS: tuple[str, ...] = ("year", "key", "mode", "duration_ms", "time_signature", "popularity")
+SEED_TEXT_COLUMNS: tuple[str, ...] = ("track_id", "artist_name", "song_name", "album_name")
+
 # trend_residual: the label level follows a trend of past yearly means, a small ensemble learns the
 # residual from audio, label-history and batch features, and each retrain fine-tunes it with
 # replay (see driftwheel.model). transfer and full: the study's 32-32-32-50-1 network.

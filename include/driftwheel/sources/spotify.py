@@ -38,7 +38,7 @@ from spotipy.exceptions import SpotifyException, SpotifyOauthError
 from spotipy.oauth2 import SpotifyClientCredentials
 from spotipy.util import Retry
 
-from driftwheel.config import SPOTIFY_AUDIO_FEATURES
+from driftwheel.config import SEED_COLUMNS, SEED_INT_COLUMNS, SPOTIFY_AUDIO_FEATURES
 from driftwheel.sources.file import LandingError
 
 logger = logging.getLogger(__name__)
@@ -59,16 +59,7 @@ SEARCH_OFFSET_LIMIT = 1000
 MAX_PAGE_SIZE = 50
 AUDIO_FEATURES_BATCH = 100
 
-COLUMNS: tuple[str, ...] = (
-    "year",
-    "track_id",
-    "artist_name",
-    "song_name",
-    "album_name",
-    *SPOTIFY_AUDIO_FEATURES,
-    "popularity",
-)
-_INT_COLUMNS = ("year", "key", "mode", "duration_ms", "time_signature", "popularity")
+COLUMNS = SEED_COLUMNS
 
 FILE_SOURCE_HINT = (
     "Use the file source instead: FLYWHEEL_SOURCE=file with FLYWHEEL_LANDING_DIR pointing at a folder "
@@ -351,7 +342,7 @@ def _to_frame(year: int, tracks: dict[str, dict[str, Any]], features: dict[str, 
         )
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     # Nullable integers keep "4" from becoming "4.0" in the CSV when a track has no features.
-    return frame.astype({c: "Int64" for c in _INT_COLUMNS})
+    return frame.astype({c: "Int64" for c in SEED_INT_COLUMNS})
 
 
 def _write_json(path: Path, payload: Any) -> Path:

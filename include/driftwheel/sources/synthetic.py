@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from driftwheel.config import SPOTIFY_AUDIO_FEATURES, SyntheticConfig
+from driftwheel.config import SEED_COLUMNS, SEED_INT_COLUMNS, SEED_TEXT_COLUMNS, SyntheticConfig
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +39,7 @@ __all__ = [
     "popularity_level",
 ]
 
-COLUMNS: tuple[str, ...] = (
-    "year",
-    "track_id",
-    "artist_name",
-    "song_name",
-    "album_name",
-    *SPOTIFY_AUDIO_FEATURES,
-    "popularity",
-)
-_INT_COLUMNS = ("year", "key", "mode", "duration_ms", "time_signature", "popularity")
-_STR_COLUMNS = ("track_id", "artist_name", "song_name", "album_name")
+COLUMNS = SEED_COLUMNS
 
 # -- the drift schedule ------------------------------------------------------------------------
 # Mean popularity of each year's tracks. 2008-2015 follow the real data's yearly means (a 2020
@@ -447,7 +437,7 @@ def generate_year(year: int, config: SyntheticConfig = SyntheticConfig()) -> pd.
         }
     )
     frame = frame.iloc[rng.permutation(n)].reset_index(drop=True)[list(COLUMNS)]
-    frame = frame.astype({c: "int64" for c in _INT_COLUMNS} | {c: object for c in _STR_COLUMNS})
+    frame = frame.astype({c: "int64" for c in SEED_INT_COLUMNS} | {c: object for c in SEED_TEXT_COLUMNS})
     logger.debug(
         "generated %d synthetic tracks for %d (seed %d, level %.1f, covariate shift %.2f)",
         n,
