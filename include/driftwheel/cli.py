@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("table", help="print the per-year table").set_defaults(func=table)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    # SIGTERM (timeout, systemd, a closed terminal) unwinds like Ctrl-C: the stack's context
+    # manager then stops every process it started instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     return int(args.func(args))
 
 

@@ -1,0 +1,76 @@
+"""``python -m driftwheel ui`` serves both UIs on the embedded default and leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except OSError:
+        return None
+
+
+def test_ui_serves_airflow_and_mlflow_and_sigterm_stops_everything(tmp_path: Path) -> None:
+    api_port, mlflow_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "include"),
+        "FLYWHEEL_STATE_DIR": str(tmp_path / "state"),
+    }
+    env.pop("FLYWHEEL_AIRFLOW_DB_URI", None)
+    env.pop("FLYWHEEL_MLFLOW_DB_URI", None)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "driftwheel", "--api-port", str(api_port), "ui", "--mlflow-port", str(mlflow_port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert cli.poll() is None, cli.stdout.read() if cli.stdout else ""
+            airflow = _status(f"http://127.0.0.1:{api_port}/api/v2/monitor/health")
+            mlflow = _status(f"http://127.0.0.1:{mlflow_port}/health")
+            if airflow == 200 and mlflow == 200:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("the UIs did not come up within 300 s")
+        started = psutil.Process(cli.pid).children(recursive=True)
+        assert len(started) > 3  # postgres, api-server, scheduler, dag-processor, mlflow, ...
+    finally:
+        cli.send_signal(signal.SIGTERM)
+        output, _ = cli.communicate(timeout=120)
+
+    _, alive = psutil.wait_procs(started, timeout=30)
+    for leftover in alive:  # don't leave them to the next test, whatever the verdict
+        leftover.kill()
+    assert cli.returncode == 128 + signal.SIGTERM, output
+    assert not alive, [" ".join(p.cmdline()[:3]) for p in alive if p.is_running()]
+    assert _status(f"http://127.0.0.1:{api_port}/api/v2/monitor/health") is None
+    assert _status(f"http://127.0.0.1:{mlflow_port}/health") is None
