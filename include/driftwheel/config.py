@@ -143,7 +143,7 @@ class GatePolicy:
 @dataclass(frozen=True)
 class TrendResidualConfig:
     """The default model: trend level + residual ensemble. Values measured on the seed data
-    (benchmarks/prototype/explore.py, docs/benchmark/)."""
+    (benchmarks/prequential.py, docs/benchmark/; the research prototype is in git history)."""
 
     ensemble_size: int = 3
     hidden: tuple[int, ...] = (64, 32)

@@ -124,32 +124,33 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _fit(
-    net: PopularityNet,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    epochs: int,
-    config: TrainingConfig,
+def _minibatch_epochs(
+    net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, seed: int
 ) -> list[float]:
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
-    loss_fn = nn.MSELoss()
-    generator = torch.Generator().manual_seed(config.seed)
+    """Seeded mini-batch gradient descent on the mean squared error; the mean loss per epoch."""
+    generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     net.train()
     for epoch in range(epochs):
         order = torch.randperm(len(x), generator=generator)
         total = 0.0
-        for start in range(0, len(x), config.batch_size):
-            idx = order[start : start + config.batch_size]
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
             optimizer.zero_grad()
-            loss = loss_fn(net(x[idx]), y[idx])
+            loss = nn.functional.mse_loss(net(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
             total += loss.item() * len(idx)
-        losses.append(total / len(x))
+        losses.append(total / max(len(x), 1))
         logger.debug("epoch %d/%d: loss %.4f", epoch + 1, epochs, losses[-1])
+    net.eval()
     return losses
+
+
+def _fit(net: PopularityNet, x: torch.Tensor, y: torch.Tensor, epochs: int, config: TrainingConfig) -> list[float]:
+    # Frozen layers (transfer learning) have requires_grad False and stay out of the optimizer.
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.learning_rate)
+    return _minibatch_epochs(net, optimizer, x, y, epochs, config.batch_size, config.seed)
 
 
 def train_full(frame: pd.DataFrame, features: tuple[str, ...], target: str, config: TrainingConfig) -> TrainedModel:
@@ -315,22 +316,7 @@ def _replay_buffer(rows: pd.DataFrame, size: int) -> pd.DataFrame:
 
 def _fit_residual(net: ResidualNet, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, config: TrendResidualConfig, seed: int) -> list[float]:
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
-    generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    net.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        total = 0.0
-        for start in range(0, len(x), config.batch_size):
-            idx = order[start : start + config.batch_size]
-            optimizer.zero_grad()
-            loss = ((net(x[idx]) - y[idx]) ** 2).mean()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        losses.append(total / max(len(x), 1))
-    net.eval()
-    return losses
+    return _minibatch_epochs(net, optimizer, x, y, epochs, config.batch_size, seed)
 
 
 def train_trend_residual(labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrainingConfig) -> TrendResidualModel:
