@@ -129,7 +129,8 @@ def _forget_queue(queue: str) -> None:
     import redis
 
     client = redis.Redis.from_url(f"{REDIS}/{REDIS_DB}")
-    client.delete(queue, f"_kombu.binding.{queue}")
+    # The queue, and kombu's bindings of it (their key prefix differs between kombu releases).
+    client.delete(queue, *client.scan_iter(match=f"_kombu.binding*.{queue}"))
     client.close()
 
 
