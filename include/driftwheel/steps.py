@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -219,6 +220,91 @@ def _trend_residual_inputs(
     return labelled, ~(in_period & held_out), periods, warm
 
 
+@dataclasses.dataclass(frozen=True)
+class _TrainingPlan:
+    """What a retrain will fit, known before any training: enough to find an identical version."""
+
+    strategy: str
+    fingerprint: str
+    training_periods: list[int]
+    train_rows: int
+    example: pd.DataFrame  # a few training rows: the model's input signature
+    from_scratch: bool
+    train: Callable[[], AnyModel]
+
+
+def _plan_trend_residual(settings: Settings, period: int, parent: Any, parent_model: AnyModel | None) -> _TrainingPlan:
+    from driftwheel import model as model_lib
+
+    labelled, fit, training_periods, warm_parent = _trend_residual_inputs(settings, period, parent_model)
+    cfg = settings.training
+
+    def train() -> AnyModel:
+        if warm_parent is not None:
+            return model_lib.fine_tune_trend_residual(warm_parent, labelled, fit, cfg)
+        return model_lib.train_trend_residual(labelled, fit, model_lib.feature_columns(settings.dataset, labelled), cfg)
+
+    fingerprint = _fingerprint(
+        labelled.assign(_fit=fit),
+        period=period,
+        strategy="trend_residual",
+        parent=str(parent.version) if parent and warm_parent else None,
+        training=dataclasses.asdict(cfg),
+        dataset=dataclasses.asdict(settings.dataset),
+    )
+    return _TrainingPlan("trend_residual", fingerprint, training_periods, int(fit.sum()), labelled.head(5), warm_parent is None, train)
+
+
+def _plan_study_net(settings: Settings, period: int, parent: Any, parent_model: AnyModel | None) -> _TrainingPlan:
+    """The study's network: ``transfer`` fine-tunes the champion, ``full`` (and a cold start) trains anew."""
+    from driftwheel import model as model_lib
+
+    spec, cfg = settings.dataset, settings.training
+    current = store.read_partition(settings.curated_dir, period)
+    latest_train, _ = _split(current, settings)
+    rows = latest_train
+    features = _features(current, settings)
+
+    strategy = cfg.strategy if isinstance(parent_model, model_lib.TrainedModel) else "full"
+    training_periods = [period]
+    if strategy == "full":
+        earlier = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p < period]
+        if parent is None and earlier:
+            rows = pd.concat([store.read_partitions(settings.curated_dir, earlier), latest_train], ignore_index=True)
+            training_periods = [*earlier, period]
+    elif strategy == "transfer" and cfg.replay_share > 0:
+        earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
+        if earlier:
+            pool = store.read_partitions(settings.curated_dir, earlier)
+            replay = pool.sample(n=min(len(pool), int(cfg.replay_share * len(latest_train))), random_state=cfg.seed)
+            rows = pd.concat([latest_train, replay], ignore_index=True)
+    if strategy == "transfer" and not set(parent_model.preprocessing.features) <= set(features):
+        logger.warning("period %s lacks features of the champion; training from scratch instead", period)
+        strategy = "full"
+
+    def train() -> AnyModel:
+        if strategy == "transfer":
+            return model_lib.fine_tune(parent_model, rows, spec.target, cfg)
+        trained = model_lib.train_full(rows, features, spec.target, cfg)
+        if len(training_periods) > 1:
+            # The pooled warm-up years sit at older label levels; adapting the head to the
+            # newest period's training split starts production at the current level.
+            adapted = model_lib.fine_tune(trained, latest_train, spec.target, cfg)
+            adapted.train_seconds += trained.train_seconds
+            adapted.strategy = "full"
+            return adapted
+        return trained
+
+    fingerprint = _fingerprint(
+        rows[[spec.id_column, *features, spec.target]],
+        period=period,
+        strategy=strategy,
+        parent=str(parent.version) if parent else None,
+        training=dataclasses.asdict(cfg),
+    )
+    return _TrainingPlan(strategy, fingerprint, training_periods, len(rows), rows.head(5), strategy == "full", train)
+
+
 def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any]:
     """Train a challenger for ``period`` and register it (alias ``challenger``).
 
@@ -233,117 +319,54 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
     """
     from driftwheel import registry, report
 
-    from driftwheel import model as model_lib
-
     client = _client(settings)
-    spec, cfg = settings.dataset, settings.training
     parent = registry.champion_for_period(client, settings.model_name, period)
     parent_model = registry.load_trained(parent) if parent is not None else None
-    trained: AnyModel
-    if cfg.strategy == "trend_residual":
-        strategy = "trend_residual"
-        labelled, fit, training_periods, warm_parent = _trend_residual_inputs(settings, period, parent_model)
-        fingerprint = _fingerprint(
-            labelled.assign(_fit=fit),
-            period=period,
-            strategy=strategy,
-            parent=str(parent.version) if parent and warm_parent else None,
-            training=dataclasses.asdict(cfg),
-            dataset=dataclasses.asdict(spec),
-        )
-        example = labelled.head(5)
-        train_rows = int(fit.sum())
-    else:
-        current = store.read_partition(settings.curated_dir, period)
-        train, _ = _split(current, settings)
-        latest_train = train
+    planner = _plan_trend_residual if settings.training.strategy == "trend_residual" else _plan_study_net
+    plan = planner(settings, period, parent, parent_model)
 
-        strategy = cfg.strategy if isinstance(parent_model, model_lib.TrainedModel) else "full"
-        training_periods = [period]
-        if strategy == "full":
-            earlier = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p < period]
-            if parent is None and earlier:
-                train = pd.concat([store.read_partitions(settings.curated_dir, earlier), train], ignore_index=True)
-                training_periods = [*earlier, period]
-        elif strategy == "transfer" and cfg.replay_share > 0:
-            earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
-            if earlier:
-                pool = store.read_partitions(settings.curated_dir, earlier)
-                replay = pool.sample(n=min(len(pool), int(cfg.replay_share * len(train))), random_state=cfg.seed)
-                train = pd.concat([train, replay], ignore_index=True)
-
-        features = _features(current, settings)
-        if strategy == "transfer" and not set(parent_model.preprocessing.features) <= set(features):
-            logger.warning("period %s lacks features of the champion; training from scratch instead", period)
-            strategy = "full"
-
-        fingerprint = _fingerprint(
-            train[[spec.id_column, *features, spec.target]],
-            period=period,
-            strategy=strategy,
-            parent=str(parent.version) if parent else None,
-            training=dataclasses.asdict(cfg),
-        )
-        example = train.head(5)
-        train_rows = len(train)
-    existing = registry.find_version(client, settings.model_name, fingerprint)
+    existing = registry.find_version(client, settings.model_name, plan.fingerprint)
     if existing is not None:
         logger.info("period %s: version %s was trained from the same inputs; reusing it", period, existing.version)
         report.record(client, run_id, tags={report.T_CHALLENGER: existing.version})
-        return {"version": str(existing.version), "strategy": strategy, "reused": True, "train_seconds": 0.0}
+        return {"version": str(existing.version), "strategy": plan.strategy, "reused": True, "train_seconds": 0.0}
 
-    if strategy == "trend_residual":
-        columns = model_lib.feature_columns(spec, labelled)
-        if warm_parent is not None:
-            trained = model_lib.fine_tune_trend_residual(warm_parent, labelled, fit, cfg)
-        else:
-            trained = model_lib.train_trend_residual(labelled, fit, columns, cfg)
-    elif strategy == "transfer":
-        trained = model_lib.fine_tune(parent_model, train, spec.target, cfg)
-    else:
-        trained = model_lib.train_full(train, features, spec.target, cfg)
-        if parent is None and len(training_periods) > 1:
-            # The pooled warm-up years sit at older label levels; adapting the head to the
-            # newest period's training split starts production at the current level.
-            adapted = model_lib.fine_tune(trained, latest_train, spec.target, cfg)
-            adapted.train_seconds += trained.train_seconds
-            adapted.strategy = "full"
-            trained = adapted
-
+    trained = plan.train()
     version = registry.log_and_register(
         trained,
-        example,
+        plan.example,
         client=client,
         name=settings.model_name,
         run_id=run_id,
         tags={
             registry.T_PERIOD: str(period),
             registry.T_TRAINED_THROUGH: str(period),
-            registry.T_TRAINING_PERIODS: ",".join(map(str, training_periods)),
-            registry.T_STRATEGY: strategy,
+            registry.T_TRAINING_PERIODS: ",".join(map(str, plan.training_periods)),
+            registry.T_STRATEGY: plan.strategy,
             registry.T_PARENT: str(parent.version) if parent else "",
-            registry.T_FINGERPRINT: fingerprint,
-            "flywheel.train_rows": str(train_rows),
+            registry.T_FINGERPRINT: plan.fingerprint,
+            "flywheel.train_rows": str(plan.train_rows),
         },
     )
+    feature_seconds = getattr(trained, "feature_seconds", None)  # the trend_residual model builds features
     report.record(
         client,
         run_id,
         metrics={
             "train_seconds": trained.train_seconds,
-            "feature_seconds": getattr(trained, "feature_seconds", None),
-            "train_rows": train_rows,
+            "feature_seconds": feature_seconds,
+            "train_rows": plan.train_rows,
             "final_train_loss": trained.epoch_losses[-1] if trained.epoch_losses else None,
         },
-        tags={report.T_CHALLENGER: version.version, "flywheel.strategy": strategy},
+        tags={report.T_CHALLENGER: version.version, "flywheel.strategy": plan.strategy},
     )
     return {
         "version": str(version.version),
-        "strategy": strategy,
+        "strategy": plan.strategy,
         "reused": False,
         "train_seconds": round(trained.train_seconds, 3),
-        "feature_seconds": round(getattr(trained, "feature_seconds", 0.0), 3),
-        "from_scratch": strategy == "full" or (strategy == "trend_residual" and warm_parent is None),
+        "feature_seconds": round(feature_seconds or 0.0, 3),
+        "from_scratch": plan.from_scratch,
     }
 
 
