@@ -9,4 +9,4 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 python="${PYTHON_BIN:-$repo/.venv/bin/python}"
 export PYTHONPATH="$repo/include${PYTHONPATH:+:$PYTHONPATH}"
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
-exec "$python" -m driftwheel.native_stack "${1:-status}"
+exec "$python" -m driftwheel_ops.native_stack "${1:-status}"

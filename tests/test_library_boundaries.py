@@ -1,25 +1,58 @@
-"""The library never imports Airflow: it must run from a notebook, a CLI or a benchmark."""
+"""Dependencies point one way: dags/ and driftwheel_ops -> driftwheel -> third-party libraries.
+
+The library never imports Airflow (it must run from a notebook, a CLI or a benchmark), nor the
+operations package, nor the process-supervision modules that package uses.
+"""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-LIBRARY = Path(__file__).resolve().parents[1] / "include" / "driftwheel"
+INCLUDE = Path(__file__).resolve().parents[1] / "include"
+LIBRARY = INCLUDE / "driftwheel"
+OPERATIONS = INCLUDE / "driftwheel_ops"
 
 
-def test_no_module_in_the_library_imports_airflow() -> None:
-    offenders = []
-    for path in LIBRARY.rglob("*.py"):
+def _imports(package: Path) -> list[tuple[Path, str]]:
+    found = []
+    for path in package.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "airflow"]
+            found += [(path, n) for n in names]
+    return found
+
+
+def test_no_module_in_the_library_imports_airflow() -> None:
+    offenders = [f"{p.name}: {n}" for p, n in _imports(LIBRARY) if n.split(".")[0] == "airflow"]
     assert offenders == []
 
 
-def test_importing_the_steps_loads_no_airflow() -> None:
-    code = "import sys, driftwheel.steps, driftwheel.cli; print(any(m.split('.')[0] == 'airflow' for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(LIBRARY.parent)})
+def test_the_library_imports_neither_the_operations_package_nor_process_tools() -> None:
+    # __main__ only dispatches ``python -m driftwheel`` to the operations package's CLI.
+    forbidden = {"driftwheel_ops", "subprocess", "psutil"}
+    offenders = [
+        f"{p.relative_to(LIBRARY)}: {n}"
+        for p, n in _imports(LIBRARY)
+        if n.split(".")[0] in forbidden and p.name != "__main__.py"
+    ]
+    assert offenders == []
+
+
+def test_the_operations_package_imports_no_airflow() -> None:
+    # It drives Airflow through its CLI and REST API, as an operator would, so it runs in any venv.
+    offenders = [f"{p.name}: {n}" for p, n in _imports(OPERATIONS) if n.split(".")[0] == "airflow"]
+    assert offenders == []
+
+
+def test_importing_the_steps_and_the_cli_loads_no_airflow() -> None:
+    code = (
+        "import sys, driftwheel.steps, driftwheel_ops.cli;"
+        " print(any(m.split('.')[0] == 'airflow' for m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONPATH": str(INCLUDE)}
+    )
     assert out.stdout.strip() == "False"

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from driftwheel.native_stack import (
+from driftwheel_ops.native_stack import (
     REPO_ROOT,
     WORKER_HOSTNAME_ENV,
     NativeStack,

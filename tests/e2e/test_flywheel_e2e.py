@@ -22,7 +22,7 @@ import pytest
 
 from tracks import make_tracks
 from driftwheel import registry, report
-from driftwheel.local_stack import LocalStack, RunState, StackConfig
+from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
 
 pytestmark = pytest.mark.e2e
 

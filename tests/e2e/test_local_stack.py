@@ -1,4 +1,4 @@
-"""End to end: the real Airflow 3 scheduler backfills a trivial DAG through driftwheel.local_stack."""
+"""End to end: the real Airflow 3 scheduler backfills a trivial DAG through driftwheel_ops.local_stack."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 import sqlalchemy
 
-from driftwheel.local_stack import LocalStack, RunState, StackConfig
+from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """End to end on the server topology without Docker: Celery workers, PostgreSQL, Redis, MLflow over HTTP.
 
-:class:`driftwheel.native_stack.NativeStack` starts MLflow (PostgreSQL store, served artifacts), the
+:class:`driftwheel_ops.native_stack.NativeStack` starts MLflow (PostgreSQL store, served artifacts), the
 Airflow api-server, dag-processor, triggerer, scheduler (CeleryExecutor) and two Celery workers on
 the machine's PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379). The scheduler backfills
 2013-2015 (a cold start in 2013, then drift decisions), then 2016 is triggered through the REST
@@ -31,8 +31,8 @@ import psycopg2
 import pytest
 
 from driftwheel import registry, report
-from driftwheel.local_stack import RunState
-from driftwheel.native_stack import NativeStack, NativeStackConfig
+from driftwheel_ops.local_stack import RunState
+from driftwheel_ops.native_stack import NativeStack, NativeStackConfig
 from tracks import make_tracks
 
 pytestmark = pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""A trivial three-task DAG for the end-to-end tests of driftwheel.local_stack."""
+"""A trivial three-task DAG for the end-to-end tests of driftwheel_ops.local_stack."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import time
 from datetime import date
 
 from driftwheel.config import REPO_ROOT, Settings
-from driftwheel.local_stack import LocalStack, RunState, StackConfig
+from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
 
 logger = logging.getLogger("driftwheel")
 

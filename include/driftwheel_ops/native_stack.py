@@ -29,7 +29,7 @@ Databases that do not exist yet are created. Everything else lives under the sta
     secrets.json        JWT secret, API secret key and Fernet key, generated once, mode 0600
     landing/ curated/ reports/ ...   the flywheel's own state (FLYWHEEL_STATE_DIR of the tasks)
 
-Unlike the embedded demo (:class:`~driftwheel.local_stack.LocalStack`), the REST API and the UI
+Unlike the embedded demo (:class:`~driftwheel_ops.local_stack.LocalStack`), the REST API and the UI
 require a login: the simple auth manager with one admin user. Compose uses the FAB auth manager,
 which this project does not install natively.
 
@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from driftwheel.local_stack import (
+from driftwheel_ops.local_stack import (
     LocalStack,
     StackConfig,
     StackError,
@@ -250,7 +250,9 @@ class NativeStack(LocalStack):
             node = self.worker_names[int(name.removeprefix("worker-")) - 1]
             env = {
                 **self.env,
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE": f"{__name__}.worker_hostname",
+                # The module's import path, never ``__name__``: under `python -m` (scripts/stack.sh)
+                # that is "__main__", which the workers' task processes cannot import.
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "driftwheel_ops.native_stack.worker_hostname",
                 WORKER_HOSTNAME_ENV: node,
             }
         super()._spawn(name, argv, env)
