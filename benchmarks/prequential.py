@@ -147,24 +147,30 @@ def run_policy(policy: Policy, base: Settings, years: list[int]) -> PolicyResult
         steps.ingest_tracks(settings, year)
         steps.validate_tracks(settings, year)
         summary = steps.report_drift(settings, year)
-        run_id = summary["mlflow_run_id"]
+        run_id, champion = summary["mlflow_run_id"], summary["champion_version"]
         out.production_rmse = summary["production_rmse"]
         decision = steps.decide_retrain(settings, summary)
         out.decision = decision.action
         if decision.retrain:
             out.retrained = True
             step_started = time.perf_counter()
-            challenger = steps.retrain_model(settings, year, run_id)
+            challenger = steps.retrain_model(settings, year, run_id, champion)
             out.step_seconds = time.perf_counter() - step_started
             out.train_seconds = challenger["train_seconds"]
             out.feature_seconds = challenger.get("feature_seconds")
             out.from_scratch = challenger.get("from_scratch")
-            gate = steps.evaluate_challenger(settings, year, run_id, challenger["version"])
+            version = challenger["version"]
+            gate = steps.evaluate_challenger(settings, year, run_id, version, champion, challenger.get("refused"))
             out.challenger_rmse = gate["challenger_rmse"]
             if gate["passed"]:
-                out.promoted = bool(steps.promote_champion(settings, run_id, challenger["version"])["promoted"])
+                promotion = steps.promote_champion(
+                    settings, run_id, version, period=year, gated_against=champion, gate=gate
+                )
+                out.promoted = bool(promotion["promoted"])
             else:
-                steps.reject_challenger(settings, run_id, challenger["version"], gate["reason"])
+                steps.reject_challenger(
+                    settings, run_id, version, gate["reason"], period=year, champion_version=champion, gate=gate
+                )
         steps.finish_period(settings, year, run_id)
         result.years[year] = out
         print(

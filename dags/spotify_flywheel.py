@@ -30,10 +30,31 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 
 def _settings() -> Any:
-    """The library's settings: the environment, overridden by this run's Params."""
-    from driftwheel.config import Settings
+    """The library's settings: the environment, overridden by this run's Params.
 
-    return Settings.from_env().with_params(get_current_context()["params"])
+    Params the DAG does not declare, or a landing folder outside the allowed roots, fail the run
+    at once without retries: they are refused, never applied.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from driftwheel.config import ForbiddenLandingDir, Settings, UndeclaredParams
+
+    try:
+        return Settings.from_env().with_params(get_current_context()["params"])
+    except (UndeclaredParams, ForbiddenLandingDir) as refused:
+        raise AirflowFailException(str(refused)) from refused
+
+
+def _end_period_run(context: Any) -> None:
+    """on_failure_callback: a failed task ends its period's MLflow run as FAILED, with the error."""
+    import logging
+
+    from driftwheel import steps
+
+    try:
+        steps.fail_period(_settings(), _period(), f"{context['ti'].task_id} failed: {context.get('exception')}")
+    except Exception:  # the callback must not hide the task's own error
+        logging.getLogger(__name__).exception("could not mark the period's MLflow run FAILED")
 
 
 def _period() -> int:
@@ -59,7 +80,12 @@ LAST_YEAR = os.environ.get("FLYWHEEL_LAST_YEAR")
     end_date=pendulum.datetime(int(LAST_YEAR), 12, 31, tz="UTC") if LAST_YEAR else None,
     catchup=False,
     max_active_runs=1,
-    default_args={"depends_on_past": True, "retries": 1, "retry_delay": pendulum.duration(seconds=10)},
+    default_args={
+        "depends_on_past": True,
+        "retries": 1,
+        "retry_delay": pendulum.duration(seconds=10),
+        "on_failure_callback": _end_period_run,
+    },
     doc_md=__doc__,
     tags=["flywheel", "mlflow", "evidently"],
     params={
@@ -79,8 +105,13 @@ def spotify_flywheel() -> None:
         from driftwheel import steps
         from flywheel_connections import spotify_credentials  # the DAG folder is on sys.path
 
+        from airflow.sdk.exceptions import AirflowFailException
+
         settings = _settings()
-        return steps.ingest_tracks(settings, _period(), spotify_credentials(settings))
+        try:
+            return steps.ingest_tracks(settings, _period(), spotify_credentials(settings))
+        except steps.PeriodRefused as refused:
+            raise AirflowFailException(str(refused)) from refused
 
     @task
     def validate_tracks(landed: dict[str, Any]) -> dict[str, Any]:
@@ -116,13 +147,20 @@ def spotify_flywheel() -> None:
     def retrain_model(summary: dict[str, Any]) -> dict[str, Any]:
         from driftwheel import steps
 
-        return steps.retrain_model(_settings(), summary["period"], summary["mlflow_run_id"])
+        return steps.retrain_model(_settings(), summary["period"], summary["mlflow_run_id"], summary["champion_version"])
 
     @task.branch
     def evaluate_challenger(summary: dict[str, Any], challenger: dict[str, Any]) -> str:
         from driftwheel import steps
 
-        gate = steps.evaluate_challenger(_settings(), summary["period"], summary["mlflow_run_id"], challenger["version"])
+        gate = steps.evaluate_challenger(
+            _settings(),
+            summary["period"],
+            summary["mlflow_run_id"],
+            challenger["version"],
+            summary["champion_version"],  # resolved once, at the start of the run
+            challenger.get("refused"),
+        )
         get_current_context()["ti"].xcom_push(key="gate", value=gate)
         return "promote_champion" if gate["passed"] else "reject_challenger"
 
@@ -130,14 +168,30 @@ def spotify_flywheel() -> None:
     def promote_champion(summary: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
         from driftwheel import steps
 
-        return steps.promote_champion(_settings(), summary["mlflow_run_id"], challenger["version"])
+        gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_challenger", key="gate")
+        return steps.promote_champion(
+            _settings(),
+            summary["mlflow_run_id"],
+            challenger["version"],
+            period=summary["period"],
+            gated_against=summary["champion_version"],
+            gate=gate,
+        )
 
     @task
     def reject_challenger(summary: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
         from driftwheel import steps
 
         gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_challenger", key="gate")
-        return steps.reject_challenger(_settings(), summary["mlflow_run_id"], challenger["version"], gate["reason"])
+        return steps.reject_challenger(
+            _settings(),
+            summary["mlflow_run_id"],
+            challenger["version"],
+            gate["reason"],
+            period=summary["period"],
+            champion_version=summary["champion_version"],
+            gate=gate,
+        )
 
     @task(trigger_rule="none_failed_min_one_success")
     def finish_period(summary: dict[str, Any]) -> dict[str, Any]:

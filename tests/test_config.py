@@ -1,6 +1,8 @@
 from pathlib import Path
 
-from driftwheel.config import Settings, load_column_map
+import pytest
+
+from driftwheel.config import ForbiddenLandingDir, UndeclaredParams, Settings, load_column_map
 
 
 def test_from_env_reads_flywheel_variables(tmp_path: Path) -> None:
@@ -27,7 +29,7 @@ def test_default_tracking_uri_is_a_file_in_the_state_dir(tmp_path: Path) -> None
 
 def test_params_override_and_none_keeps_default(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path).with_params(
-        {"strategy": "full", "force_retrain": True, "max_drift_share": None, "min_improvement": 0.05, "unknown": 1}
+        {"strategy": "full", "force_retrain": True, "max_drift_share": None, "min_improvement": 0.05}
     )
     assert settings.training.strategy == "full"
     assert settings.force_retrain is True
@@ -42,3 +44,32 @@ def test_column_map_file(tmp_path: Path) -> None:
     assert settings.file_source.column_map == {"track_popularity": "popularity"}
     assert settings.file_source.date_column == "release_date"
     assert settings.dataset.features == ("energy",)
+
+
+def test_undeclared_params_are_refused_never_applied(tmp_path: Path) -> None:
+    # The finding: a form user set max_bad_share 1.0 and 1,000 rows with popularity 500 were curated.
+    base = Settings(state_dir=tmp_path)
+    with pytest.raises(UndeclaredParams, match="'epochs', 'max_bad_share'"):
+        base.with_params({"max_bad_share": 1.0, "epochs": 1, "strategy": "full"})
+
+
+def test_landing_dir_param_only_inside_the_landing_roots(tmp_path: Path) -> None:
+    inside = tmp_path / "landing" / "mine"
+    inside.mkdir(parents=True)
+    base = Settings(state_dir=tmp_path)  # default root: <state>/landing
+    assert base.with_params({"landing_dir": str(inside)}).file_source.landing_dir == inside.resolve()
+    for outside in ("/etc", str(tmp_path / "landing" / ".." / "elsewhere")):
+        with pytest.raises(ForbiddenLandingDir, match="outside the allowed landing roots"):
+            base.with_params({"landing_dir": outside})
+    roots = Settings.from_env({"FLYWHEEL_STATE_DIR": str(tmp_path), "FLYWHEEL_LANDING_ROOTS": "/srv/a:/srv/b"})
+    assert roots.allowed_landing_roots == (Path("/srv/a"), Path("/srv/b"))
+    assert roots.with_params({"landing_dir": "/srv/b/2020"}).file_source.landing_dir == Path("/srv/b/2020")
+
+
+def test_promotion_lock_follows_the_registry(tmp_path: Path) -> None:
+    assert Settings(state_dir=tmp_path).promotion_lock_uri == (tmp_path / "locks").as_uri()
+    pg = "postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow"
+    assert Settings(state_dir=tmp_path, mlflow_tracking_uri=pg).promotion_lock_uri == pg
+    env = {"FLYWHEEL_STATE_DIR": str(tmp_path), "FLYWHEEL_LOCK_URI": pg, "FLYWHEEL_MIN_HOLDOUT_ROWS": "80"}
+    settings = Settings.from_env(env)
+    assert settings.promotion_lock_uri == pg and settings.gate.min_holdout_rows == 80

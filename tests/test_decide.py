@@ -42,3 +42,12 @@ def test_absolute_rmse_limit_is_the_studys_rule() -> None:
     decision = should_retrain(_summary(production_rmse=3.6), study, warmup_end=2014)
     assert decision.retrain and "production RMSE 3.60 > 3.50" in decision.reason
     assert not should_retrain(_summary(production_rmse=3.4), study, warmup_end=2014).retrain
+
+
+def test_a_batch_below_the_minimum_is_never_trained_on() -> None:
+    tiny = DriftSummary(2015, 5, 0.9, 12, 0.9, True, 9.0, "3", 5.0)
+    decision = should_retrain(tiny, DriftPolicy(), warmup_end=2014, force=True, min_rows=100)
+    assert decision.action == "skip" and "only 5 rows in 2015 (minimum 100)" in decision.reason
+    cold = DriftSummary(2014, 5, None, None, None, None, None, None, None)
+    assert should_retrain(cold, DriftPolicy(), warmup_end=2014, min_rows=100).action == "skip"
+    assert should_retrain(cold, DriftPolicy(), warmup_end=2014, min_rows=5).action == "retrain"

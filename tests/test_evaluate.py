@@ -33,3 +33,28 @@ def test_holdout_split_depends_on_ids_not_row_order() -> None:
 def test_a_disabled_gate_promotes_even_a_worse_challenger() -> None:
     result = passes_gate(9.0, 5.0, 6.0, GatePolicy(enabled=False))
     assert result.passed and "gate disabled" in result.reason
+
+
+def test_the_gate_never_passes_on_non_finite_metrics() -> None:
+    policy = GatePolicy()
+    nan, inf = float("nan"), float("inf")
+    # The finding: "challenger RMSE nan beats the champion nan and the baseline 7.29" promoted a NaN model.
+    assert not passes_gate(nan, nan, 7.29, policy).passed
+    assert "non-finite" in passes_gate(nan, 6.0, 7.29, policy).reason
+    assert not passes_gate(inf, None, 7.29, policy).passed
+    assert not passes_gate(5.0, 6.0, nan, policy).passed
+    assert not passes_gate(nan, 6.0, 7.0, GatePolicy(enabled=False)).passed  # not even with the gate off
+
+
+def test_a_broken_champion_can_be_replaced_by_a_challenger_that_beats_the_baseline() -> None:
+    healed = passes_gate(6.3, float("nan"), 7.29, GatePolicy())
+    assert healed.passed and "non-finite" in healed.reason
+    assert not passes_gate(7.5, float("nan"), 7.29, GatePolicy()).passed
+
+
+def test_the_gate_refuses_a_held_out_split_below_the_minimum() -> None:
+    policy = GatePolicy(min_holdout_rows=50)
+    tiny = passes_gate(4.0, 6.0, 7.0, policy, holdout_rows=0)
+    assert not tiny.passed and "0 held-out rows (minimum 50)" in tiny.reason
+    assert not passes_gate(4.0, 6.0, 7.0, policy, holdout_rows=49).passed
+    assert passes_gate(4.0, 6.0, 7.0, policy, holdout_rows=50).passed

@@ -138,6 +138,11 @@ class GatePolicy:
     holdout_fraction: float = 0.2
     # False: every challenger is promoted, as in the study (the benchmark replays it that way).
     enabled: bool = True
+    # Minimum evidence. An RMSE on n rows is known to about ±1/sqrt(2n) of itself (normal errors):
+    # ±10 % at 50 rows, so fewer held-out rows cannot rank two models at all and the gate refuses.
+    min_holdout_rows: int = 50
+    # A period with fewer curated rows is not trained on (its held-out split would be ~20 % of it).
+    min_batch_rows: int = 100
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,11 @@ class Settings:
     live: LivePolicy = LivePolicy()
     training: TrainingConfig = TrainingConfig()
     force_retrain: bool = False
+    # Where promotions take their lock: a PostgreSQL URI (an advisory lock, for stacks whose tasks
+    # run on several machines) or None: a lock file in the state directory (one machine).
+    lock_uri: str | None = None
+    # Folders a run's ``landing_dir`` Param may point into; empty: only the configured landing folder.
+    landing_roots: tuple[Path, ...] = ()
 
     # -- paths, all under the one state directory --------------------------------------------
     @property
@@ -228,6 +238,25 @@ class Settings:
     def artifact_location(self) -> str:
         return (self.state_dir / "mlartifacts").as_uri()
 
+    @property
+    def promotion_lock_uri(self) -> str:
+        """A PostgreSQL URI for an advisory lock, else a ``file://`` lock in the state directory.
+
+        By default the lock lives where the registry does when that is PostgreSQL (the embedded
+        default's tasks write to MLflow's database directly), so every writer of the registry sees it.
+        """
+        if self.lock_uri:
+            return self.lock_uri
+        if self.tracking_uri.startswith("postgresql"):
+            return self.tracking_uri
+        return (self.state_dir / "locks").as_uri()
+
+    @property
+    def allowed_landing_roots(self) -> tuple[Path, ...]:
+        if self.landing_roots:
+            return self.landing_roots
+        return (self.file_source.landing_dir or self.state_dir / "landing",)
+
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -251,6 +280,17 @@ class Settings:
             changes["model_name"] = env["FLYWHEEL_MODEL_NAME"]
         if "FLYWHEEL_EXPERIMENT" in env:
             changes["experiment_name"] = env["FLYWHEEL_EXPERIMENT"]
+        if env.get("FLYWHEEL_LOCK_URI"):
+            changes["lock_uri"] = env["FLYWHEEL_LOCK_URI"]
+        if env.get("FLYWHEEL_LANDING_ROOTS"):
+            roots = env["FLYWHEEL_LANDING_ROOTS"].split(os.pathsep)
+            changes["landing_roots"] = tuple(Path(r) for r in roots if r)
+        gate = {}
+        for key, name in (("FLYWHEEL_MIN_HOLDOUT_ROWS", "min_holdout_rows"), ("FLYWHEEL_MIN_BATCH_ROWS", "min_batch_rows")):
+            if env.get(key):
+                gate[name] = int(env[key])
+        if gate:
+            changes["gate"] = dataclasses.replace(settings.gate, **gate)
         settings = dataclasses.replace(settings, **changes)
         if env.get("FLYWHEEL_COLUMN_MAP"):
             settings = settings.with_file_source(**load_column_map(Path(env["FLYWHEEL_COLUMN_MAP"])))
@@ -304,20 +344,28 @@ class Settings:
     def with_params(self, params: Mapping[str, Any]) -> Settings:
         """Merge a run's Params (the DAG's trigger form) into these settings.
 
-        Unknown keys and ``None`` values are ignored, so a form left at its defaults changes nothing.
+        Only :data:`RUN_PARAMS` are accepted: any other key raises :class:`UndeclaredParams`, naming
+        it, so nothing a form user adds is applied silently (the data-quality limits, for one, are
+        not a form setting). ``None`` values change nothing, so a form left at its defaults changes
+        nothing. A ``landing_dir`` must lie inside :attr:`allowed_landing_roots`.
         """
+        undeclared = sorted(set(params) - RUN_PARAMS)
+        if undeclared:
+            raise UndeclaredParams(
+                f"run parameters {', '.join(map(repr, undeclared))} are not declared by the DAG and are "
+                f"not applied; declared: {', '.join(sorted(RUN_PARAMS))}"
+            )
         p = {k: v for k, v in params.items() if v is not None}
         settings = self
         if "source" in p:
             settings = dataclasses.replace(settings, source=p["source"])
         if "landing_dir" in p and p["landing_dir"]:
-            settings = settings.with_file_source(landing_dir=Path(p["landing_dir"]))
+            settings = settings.with_file_source(landing_dir=self.checked_landing_dir(Path(p["landing_dir"])))
         if "force_retrain" in p:
             settings = dataclasses.replace(settings, force_retrain=bool(p["force_retrain"]))
-        training = {k: p[k] for k in ("strategy", "freeze_layers", "epochs", "replay_share") if k in p}
-        if training:
+        if "strategy" in p:
             settings = dataclasses.replace(
-                settings, training=dataclasses.replace(settings.training, **training)
+                settings, training=dataclasses.replace(settings.training, strategy=p["strategy"])
             )
         drift = {k: p[k] for k in ("max_drift_share", "max_rmse_increase") if k in p}
         if drift:
@@ -327,13 +375,45 @@ class Settings:
                 settings,
                 gate=dataclasses.replace(settings.gate, min_improvement=float(p["min_improvement"])),
             )
-        if "max_bad_share" in p:
-            settings = dataclasses.replace(
-                settings, validation=ValidationPolicy(max_bad_share=float(p["max_bad_share"]))
-            )
         if "min_new_rows" in p:
             settings = dataclasses.replace(settings, live=LivePolicy(min_new_rows=int(p["min_new_rows"])))
         return settings
+
+    def checked_landing_dir(self, folder: Path) -> Path:
+        """``folder`` resolved, if it lies inside an allowed landing root; else :class:`ForbiddenLandingDir`."""
+        resolved = folder.resolve()
+        roots = [r.resolve() for r in self.allowed_landing_roots]
+        if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
+            raise ForbiddenLandingDir(
+                f"landing_dir {folder} is outside the allowed landing roots ({', '.join(map(str, roots))}); "
+                "set FLYWHEEL_LANDING_ROOTS on the workers to allow more folders"
+            )
+        return resolved
+
+
+# The Params a run may carry: those the DAGs declare (spotify_flywheel's form; min_new_rows is
+# live_flywheel's). Anything else in a run's conf is refused, never applied.
+RUN_PARAMS = frozenset(
+    {
+        "year",
+        "source",
+        "landing_dir",
+        "strategy",
+        "force_retrain",
+        "max_drift_share",
+        "max_rmse_increase",
+        "min_improvement",
+        "min_new_rows",
+    }
+)
+
+
+class UndeclaredParams(ValueError):
+    """A run carried parameters its DAG does not declare."""
+
+
+class ForbiddenLandingDir(ValueError):
+    """A run's ``landing_dir`` points outside the allowed landing roots."""
 
 
 def load_column_map(path: Path) -> dict[str, Any]:

@@ -41,12 +41,19 @@ def should_retrain(
     *,
     warmup_end: int,
     force: bool = False,
+    min_rows: int = 0,
 ) -> Decision:
     """Decide ``retrain`` or ``skip`` for ``summary.period``; the reason says which rule fired.
 
     Before ``warmup_end`` the flywheel only accumulates data (the first model is trained on the
     pooled warm-up years). With no champion at or after ``warmup_end`` it trains the first model.
+    A period of fewer than ``min_rows`` rows is never trained on, not even when forced: its
+    held-out split could not tell a good model from a bad one.
     """
+    if summary.rows < min_rows and not (summary.champion_version is None and summary.period < warmup_end):
+        return Decision(
+            "skip", f"only {summary.rows} rows in {summary.period} (minimum {min_rows}): too few to retrain on"
+        )
     if summary.champion_version is None:
         if summary.period < warmup_end:
             return Decision("skip", f"warm-up: pooling data until {warmup_end}, no model yet")

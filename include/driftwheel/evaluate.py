@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,42 +40,48 @@ def passes_gate(
     champion_rmse: float | None,
     baseline_rmse: float,
     policy: GatePolicy,
+    holdout_rows: int | None = None,
 ) -> GateResult:
-    """Promote only if the challenger beats the baseline and beats the champion by the margin."""
-    if not policy.enabled:
-        return GateResult(True, f"gate disabled: challenger RMSE {challenger_rmse:.2f} promoted unchecked",
-                          challenger_rmse, champion_rmse, baseline_rmse)
-    if challenger_rmse >= baseline_rmse:
-        return GateResult(
+    """Promote only if the challenger beats the baseline and beats the champion by the margin.
+
+    The gate never passes on missing evidence, even when disabled: fewer than
+    ``policy.min_holdout_rows`` held-out rows, or a non-finite challenger or baseline RMSE, is a
+    refusal. A champion whose RMSE is not finite predicts nothing usable: the challenger then only
+    has to beat the baseline, so a broken champion can be replaced (the flywheel heals itself).
+    """
+
+    def result(passed: bool, reason: str) -> GateResult:
+        return GateResult(passed, reason, challenger_rmse, champion_rmse, baseline_rmse)
+
+    if holdout_rows is not None and holdout_rows < policy.min_holdout_rows:
+        return result(
             False,
-            f"challenger RMSE {challenger_rmse:.2f} does not beat the baseline {baseline_rmse:.2f}",
-            challenger_rmse,
-            champion_rmse,
-            baseline_rmse,
+            f"only {holdout_rows} held-out rows (minimum {policy.min_holdout_rows}): too few to compare models",
         )
+    for name, value in (("challenger", challenger_rmse), ("baseline", baseline_rmse)):
+        if not math.isfinite(value):
+            return result(False, f"the {name} RMSE is {value}: no decision on non-finite metrics")
+    if not policy.enabled:
+        return result(True, f"gate disabled: challenger RMSE {challenger_rmse:.2f} promoted unchecked")
+    if challenger_rmse >= baseline_rmse:
+        return result(False, f"challenger RMSE {challenger_rmse:.2f} does not beat the baseline {baseline_rmse:.2f}")
     if champion_rmse is None:
-        return GateResult(
+        return result(True, f"first model: RMSE {challenger_rmse:.2f} beats the baseline {baseline_rmse:.2f}")
+    if not math.isfinite(champion_rmse):
+        return result(
             True,
-            f"first model: RMSE {challenger_rmse:.2f} beats the baseline {baseline_rmse:.2f}",
-            challenger_rmse,
-            None,
-            baseline_rmse,
+            f"the champion's RMSE is {champion_rmse} (it predicts non-finite values); "
+            f"challenger RMSE {challenger_rmse:.2f} beats the baseline {baseline_rmse:.2f}",
         )
     bar = champion_rmse * (1 - policy.min_improvement)
     if challenger_rmse > bar:
-        return GateResult(
+        return result(
             False,
             f"challenger RMSE {challenger_rmse:.2f} is not {policy.min_improvement:.0%} better than "
             f"the champion's {champion_rmse:.2f}",
-            challenger_rmse,
-            champion_rmse,
-            baseline_rmse,
         )
-    return GateResult(
+    return result(
         True,
         f"challenger RMSE {challenger_rmse:.2f} beats the champion {champion_rmse:.2f} "
         f"and the baseline {baseline_rmse:.2f}",
-        challenger_rmse,
-        champion_rmse,
-        baseline_rmse,
     )

@@ -24,13 +24,13 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
+from driftwheel import ledger, locks
 from driftwheel import model as model_lib
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-TAG_PREFIX = "flywheel."
 T_PERIOD = "flywheel.period"
 T_TRAINED_THROUGH = "flywheel.trained_through"
 T_TRAINING_PERIODS = "flywheel.training_periods"
@@ -124,12 +124,18 @@ def log_and_register(
             artifacts={k: str(v) for k, v in files.items()},
             signature=signature,
             pip_requirements=_PIP_REQUIREMENTS,
-            registered_model_name=name,
         )
-    version = client.get_model_version(name, str(info.registered_model_version))
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
-    client.set_model_version_tag(name, version.version, T_STATUS, CHALLENGER)
+    # The version is created with its tags, fingerprint included, in one call: there is no moment
+    # at which it exists untagged, so a retry after a crash (kill -9) finds it by fingerprint
+    # instead of registering a second one. A crash before this call leaves only a logged model.
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    version = client.create_model_version(
+        name, info.model_uri, run_id=run_id, tags={**tags, T_STATUS: CHALLENGER}, model_id=info.model_id
+    )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     logger.info("registered %s version %s from run %s", name, version.version, run_id)
     return client.get_model_version(name, version.version)
@@ -144,52 +150,178 @@ def load_trained(version: ModelVersion) -> model_lib.AnyModel:
 @dataclass(frozen=True)
 class Promotion:
     promoted: bool
-    champion_version: str
+    champion_version: str | None
     previous_version: str | None
     reason: str
 
 
-def promote(client: MlflowClient, name: str, version: str) -> Promotion:
-    """Point ``champion`` at ``version``, recording the previous champion on it.
+@dataclass(frozen=True)
+class Door:
+    """What every change of the champion goes through: the lock, and the ledger it appends to."""
 
-    A version trained on older periods than the current champion is not promoted: rerunning an
-    old period must not roll production back.
+    lock_uri: str
+    ledger_experiment: str
+    lock_timeout: float = locks.DEFAULT_TIMEOUT
+
+
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    *,
+    gated_against: str | None,
+    door: Door,
+    period: int | None = None,
+    run_id: str | None = None,
+    metrics: Mapping[str, float | None] | None = None,
+) -> Promotion:
+    """Point ``champion`` at ``version`` if the champion is still the one it was gated against.
+
+    Under the promotion lock (one promotion at a time per model, across processes and workers) it
+    compares and sets: the current champion must be ``gated_against`` (None: there was none), or a
+    version trained through the same period whose predecessor is ``gated_against`` (a rerun of a
+    period after a data fix replaces what that period promoted). Otherwise, or if the champion is
+    trained on later periods, the promotion is refused with the reason. Either way the outcome is
+    appended to the ledger. The previous champion is recorded on the new one.
     """
-    candidate = client.get_model_version(name, version)
-    current = champion(client, name)
-    if current is not None and current.version == candidate.version:
-        return Promotion(False, str(current.version), current.tags.get(T_PREVIOUS_CHAMPION), "already champion")
-    if current is not None and int(current.tags.get(T_TRAINED_THROUGH, "0")) >= int(candidate.tags.get(T_TRAINED_THROUGH, "0")):
-        return Promotion(
-            False,
-            str(current.version),
-            None,
-            f"champion v{current.version} is trained through {current.tags.get(T_TRAINED_THROUGH)}, "
-            "newer than this challenger",
+    with locks.promotion_lock(door.lock_uri, name, door.lock_timeout):
+        candidate = client.get_model_version(name, version)
+        current = champion(client, name)
+        current_version = str(current.version) if current else None
+        if current_version == str(candidate.version):
+            return Promotion(False, current_version, current.tags.get(T_PREVIOUS_CHAMPION), "already champion")
+        refusal = _promotion_refusal(current, candidate, gated_against)
+        entry = ledger.Entry(
+            action="refused" if refusal else "promote",
+            model=name,
+            period=period,
+            from_version=current_version,
+            to_version=str(candidate.version),
+            reason=refusal or f"gated against {'v' + gated_against if gated_against else 'no champion'}",
+            period_run_id=run_id,
+            metrics=dict(metrics or {}),
         )
-    if current is not None:
-        client.set_model_version_tag(name, candidate.version, T_PREVIOUS_CHAMPION, str(current.version))
-        client.set_model_version_tag(name, current.version, T_STATUS, "retired")
-    client.set_registered_model_alias(name, CHAMPION, candidate.version)
-    client.set_model_version_tag(name, candidate.version, T_STATUS, CHAMPION)
-    if _alias(client, name, CHALLENGER) and _alias(client, name, CHALLENGER).version == candidate.version:
-        client.delete_registered_model_alias(name, CHALLENGER)
-    logger.info("promoted %s v%s to champion (previous: %s)", name, candidate.version, current.version if current else None)
-    return Promotion(True, str(candidate.version), str(current.version) if current else None, "promoted")
+        if refusal:
+            ledger.append(client, door.ledger_experiment, entry)
+            logger.warning("promotion of %s v%s refused: %s", name, candidate.version, refusal)
+            return Promotion(False, current_version, None, refusal)
+        if current is not None:
+            client.set_model_version_tag(name, candidate.version, T_PREVIOUS_CHAMPION, current_version)
+            client.set_model_version_tag(name, current.version, T_STATUS, "retired")
+        client.set_registered_model_alias(name, CHAMPION, candidate.version)
+        client.set_model_version_tag(name, candidate.version, T_STATUS, CHAMPION)
+        challenger = _alias(client, name, CHALLENGER)
+        if challenger is not None and challenger.version == candidate.version:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        ledger.append(client, door.ledger_experiment, entry)
+    logger.info("promoted %s v%s to champion (previous: %s)", name, candidate.version, current_version)
+    return Promotion(True, str(candidate.version), current_version, "promoted")
 
 
-def reject(client: MlflowClient, name: str, version: str, reason: str) -> None:
-    client.set_model_version_tag(name, version, T_STATUS, "rejected")
-    client.set_model_version_tag(name, version, "flywheel.rejected_because", reason[:500])
+def _trained_through(version: ModelVersion) -> int:
+    return int(version.tags.get(T_TRAINED_THROUGH, "0"))
 
 
-def restore_previous_champion(client: MlflowClient, name: str) -> ModelVersion:
-    """Roll the champion back to the version it replaced; return the restored version."""
-    current = champion(client, name)
-    if current is None or not current.tags.get(T_PREVIOUS_CHAMPION):
-        raise LookupError(f"{name} has no previous champion to restore")
-    previous = client.get_model_version(name, current.tags[T_PREVIOUS_CHAMPION])
-    client.set_registered_model_alias(name, CHAMPION, previous.version)
-    client.set_model_version_tag(name, current.version, T_STATUS, "rolled back")
-    client.set_model_version_tag(name, previous.version, T_STATUS, CHAMPION)
-    return client.get_model_version(name, previous.version)
+def _promotion_refusal(current: ModelVersion | None, candidate: ModelVersion, gated_against: str | None) -> str | None:
+    """Why ``candidate`` may not replace ``current``, or None if it may."""
+    if current is None:
+        if gated_against is None:
+            return None
+        return f"the champion v{gated_against} the challenger was gated against is no longer champion (none is)"
+    if _trained_through(current) > _trained_through(candidate):
+        return (
+            f"champion v{current.version} is trained through {_trained_through(current)}, "
+            f"newer than this challenger (through {_trained_through(candidate)})"
+        )
+    if str(current.version) == gated_against:
+        return None
+    rerun = (
+        gated_against is not None
+        and _trained_through(current) == _trained_through(candidate)
+        and current.tags.get(T_PREVIOUS_CHAMPION) == gated_against
+    )
+    if rerun:
+        return None
+    against = f"v{gated_against}" if gated_against else "no champion"
+    return f"the champion moved: the challenger was gated against {against}, the champion is now v{current.version}"
+
+
+def reject(
+    client: MlflowClient,
+    name: str,
+    version: str | None,
+    reason: str,
+    *,
+    door: Door,
+    period: int | None = None,
+    run_id: str | None = None,
+    champion_version: str | None = None,
+    metrics: Mapping[str, float | None] | None = None,
+) -> None:
+    """Mark ``version`` rejected (None: no model was registered) and append it to the ledger."""
+    if version is not None:
+        client.set_model_version_tag(name, version, T_STATUS, "rejected")
+        client.set_model_version_tag(name, version, "flywheel.rejected_because", reason[:500])
+    ledger.append(
+        client,
+        door.ledger_experiment,
+        ledger.Entry(
+            action="reject",
+            model=name,
+            period=period,
+            from_version=champion_version,
+            to_version=version,
+            reason=reason,
+            period_run_id=run_id,
+            metrics=dict(metrics or {}),
+        ),
+    )
+
+
+def rollback(
+    client: MlflowClient, name: str, *, reason: str, door: Door, to_version: str | None = None
+) -> Promotion:
+    """Restore an earlier champion through the same door as a promotion (lock, ledger).
+
+    ``to_version`` defaults to the version the current champion replaced. Only a version that was
+    champion before can be restored: a rollback is no way around the gate.
+    """
+    with locks.promotion_lock(door.lock_uri, name, door.lock_timeout):
+        current = champion(client, name)
+        if current is None:
+            raise LookupError(f"{name} has no champion to roll back")
+        target_version = to_version or current.tags.get(T_PREVIOUS_CHAMPION)
+        if not target_version:
+            raise LookupError(f"{name} v{current.version} replaced no earlier champion; give the version to restore")
+        if str(target_version) == str(current.version):
+            raise ValueError(f"v{target_version} is already the champion of {name}")
+        try:
+            target = client.get_model_version(name, str(target_version))
+        except MlflowException as err:
+            raise LookupError(f"{name} has no version {target_version}") from err
+        if target.tags.get(T_STATUS) not in _FORMER_CHAMPION:
+            raise ValueError(
+                f"{name} v{target.version} was never champion (status {target.tags.get(T_STATUS)!r}); "
+                "only a former champion can be restored"
+            )
+        client.set_registered_model_alias(name, CHAMPION, target.version)
+        client.set_model_version_tag(name, current.version, T_STATUS, "rolled back")
+        client.set_model_version_tag(name, target.version, T_STATUS, CHAMPION)
+        ledger.append(
+            client,
+            door.ledger_experiment,
+            ledger.Entry(
+                action="rollback",
+                model=name,
+                period=None,
+                from_version=str(current.version),
+                to_version=str(target.version),
+                reason=reason,
+            ),
+        )
+    logger.warning("rolled %s back from v%s to v%s: %s", name, current.version, target.version, reason)
+    return Promotion(True, str(target.version), str(current.version), f"rolled back: {reason}")
+
+
+# Statuses of versions that have been champion: only these can be restored by a rollback.
+_FORMER_CHAMPION = frozenset({"retired", "rolled back", CHAMPION})

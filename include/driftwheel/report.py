@@ -36,6 +36,14 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
+def find_period_run(client: MlflowClient, experiment: str, period: int) -> str | None:
+    """The run id of ``period``'s run in ``experiment``, or None if the period has none yet."""
+    runs = client.search_runs(
+        [experiment], filter_string=f"tags.`{T_PERIOD}` = '{period}'", order_by=["attributes.start_time ASC"]
+    )
+    return str(runs[0].info.run_id) if runs else None
+
+
 def period_run(client: MlflowClient, experiment: str, period: int, tags: Mapping[str, str] | None = None) -> str:
     """The run id of ``period``'s run in ``experiment``, created on first use, outcome tags cleared."""
     runs = client.search_runs(

@@ -59,6 +59,32 @@ def _training_periods(version: Any) -> list[int]:
     return [int(p) for p in version.tags[registry.T_TRAINING_PERIODS].split(",")]
 
 
+def _door(settings: Settings) -> Any:
+    from driftwheel import ledger, registry
+
+    return registry.Door(settings.promotion_lock_uri, ledger.experiment_name(settings.experiment_name))
+
+
+class PeriodRefused(ValueError):
+    """A run for a period the flywheel must not process now (it would skip periods)."""
+
+
+def check_period(settings: Settings, period: int) -> None:
+    """Refuse a period beyond the next one: periods are processed in order, without gaps.
+
+    Rerunning any processed period is fine (after a data fix, say); so is the next one. A run for
+    a later period (a manual run for 2030, one triggered while a backfill is still in 2016) would
+    train and promote a model that locks every earlier period out, so it is refused before it
+    touches anything.
+    """
+    processed = store.available_periods(settings.curated_dir)
+    if processed and period > processed[-1] + 1:
+        raise PeriodRefused(
+            f"period {period} is beyond the next period: the flywheel has processed up to {processed[-1]}; "
+            f"run {processed[-1] + 1} first (periods are processed in order, without gaps)"
+        )
+
+
 def _split(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, holdout) of a period, split by a hash of the row id."""
     mask = evaluate.holdout_mask(frame[settings.dataset.id_column], settings.gate.holdout_fraction)
@@ -68,7 +94,11 @@ def _split(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.Da
 # -- ingest and validate -------------------------------------------------------------------------
 def ingest_tracks(settings: Settings, period: int, credentials: SpotifyCredentials | None = None) -> dict[str, Any]:
     """Land the period's raw data (the synthetic source generates it, the Spotify source fetches it
-    with ``credentials``, the file source checks it). The result holds no credentials."""
+    with ``credentials``, the file source checks it). The result holds no credentials.
+
+    Raises :class:`PeriodRefused` for a period beyond the next one (see :func:`check_period`).
+    """
+    check_period(settings, period)
     landed = sources.land_period(settings, period, credentials)
     return {"period": period, "landing_dir": str(landed.landing_dir), "files": [p.name for p in landed.files]}
 
@@ -176,7 +206,11 @@ def decide_retrain(settings: Settings, drift_summary: dict[str, Any]) -> Decisio
     fields = {f.name for f in dataclasses.fields(DriftSummary)}
     summary = DriftSummary(**{k: v for k, v in drift_summary.items() if k in fields})
     decision = decide.should_retrain(
-        summary, settings.drift, warmup_end=settings.training.warmup_end, force=settings.force_retrain
+        summary,
+        settings.drift,
+        warmup_end=settings.training.warmup_end,
+        force=settings.force_retrain,
+        min_rows=settings.gate.min_batch_rows,
     )
     report.record(
         _client(settings),
@@ -305,7 +339,7 @@ def _plan_study_net(settings: Settings, period: int, parent: Any, parent_model: 
     return _TrainingPlan(strategy, fingerprint, training_periods, len(rows), rows.head(5), strategy == "full", train)
 
 
-def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any]:
+def retrain_model(settings: Settings, period: int, run_id: str, champion_version: str | None = None) -> dict[str, Any]:
     """Train a challenger for ``period`` and register it (alias ``challenger``).
 
     ``trend_residual`` (the default) fine-tunes the production model on the period's training
@@ -315,12 +349,16 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
     the period's training split (plus a replay sample of earlier periods if configured); ``full``,
     and a cold start, train it from scratch — a cold start on the pooled warm-up periods. The
     period's held-out split is never fitted. A version trained from identical inputs before is
-    reused, not registered again.
+    reused, not registered again. ``champion_version`` is the champion the run resolved once, at
+    its start (:func:`report_drift`); the fine-tune starts from it whatever moved since.
+
+    A model that predicts a non-finite value for any held-out row of the period is not
+    registered: the result then has ``version`` None and the reason in ``refused``.
     """
     from driftwheel import registry, report
 
     client = _client(settings)
-    parent = registry.champion_for_period(client, settings.model_name, period)
+    parent = client.get_model_version(settings.model_name, champion_version) if champion_version else None
     parent_model = registry.load_trained(parent) if parent is not None else None
     planner = _plan_trend_residual if settings.training.strategy == "trend_residual" else _plan_study_net
     plan = planner(settings, period, parent, parent_model)
@@ -332,6 +370,15 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
         return {"version": str(existing.version), "strategy": plan.strategy, "reused": True, "train_seconds": 0.0}
 
     trained = plan.train()
+    current = store.read_partition(settings.curated_dir, period)
+    held_out = evaluate.holdout_mask(current[settings.dataset.id_column], settings.gate.holdout_fraction)
+    predictions = np.asarray(trained.predict(current), dtype=float)[held_out]
+    if not np.isfinite(predictions).all():
+        bad = int((~np.isfinite(predictions)).sum())
+        reason = f"the {plan.strategy} model predicts non-finite values for {bad} of {len(predictions)} held-out rows"
+        logger.error("period %s: %s; not registered", period, reason)
+        report.record(client, run_id, tags={"flywheel.retrain_refused": reason})
+        return {"version": None, "refused": reason, "strategy": plan.strategy, "reused": False, "train_seconds": 0.0}
     version = registry.log_and_register(
         trained,
         plan.example,
@@ -370,14 +417,28 @@ def retrain_model(settings: Settings, period: int, run_id: str) -> dict[str, Any
     }
 
 
-def evaluate_challenger(settings: Settings, period: int, run_id: str, version: str) -> dict[str, Any]:
-    """The gate on the period's held-out split: challenger vs production champion vs baseline.
+def evaluate_challenger(
+    settings: Settings,
+    period: int,
+    run_id: str,
+    version: str | None,
+    champion_version: str | None = None,
+    refused: str | None = None,
+) -> dict[str, Any]:
+    """The gate on the period's held-out split: challenger vs the run's champion vs baseline.
 
-    The baseline predicts the previous period's mean label (known before this period's labels).
+    ``champion_version`` is the champion the run resolved at its start. The baseline predicts
+    the previous period's mean label (known before this period's labels). A challenger that was
+    not registered (``version`` None, ``refused`` says why) fails the gate with that reason.
     """
     from driftwheel import registry, report
 
     client = _client(settings)
+    if version is None:
+        reason = f"no challenger: {refused or 'none was registered'}"
+        report.record(client, run_id, tags={report.T_GATE: "rejected", report.T_GATE_REASON: reason[:500]})
+        return {"passed": False, "reason": reason, "challenger_rmse": None, "champion_rmse": None,
+                "baseline_rmse": None, "holdout_rows": 0, "version": None}  # fmt: skip
     spec = settings.dataset
     current = store.read_partition(settings.curated_dir, period)
     held_out = evaluate.holdout_mask(current[spec.id_column], settings.gate.holdout_fraction)
@@ -387,7 +448,7 @@ def evaluate_challenger(settings: Settings, period: int, run_id: str, version: s
     # per artist in the batch) describe the period as it arrived, not a fifth of it.
     challenger_version = client.get_model_version(settings.model_name, version)
     challenger_rmse = evaluate.rmse(y, registry.load_trained(challenger_version).predict(current)[held_out])
-    champion = registry.champion_for_period(client, settings.model_name, period)
+    champion = client.get_model_version(settings.model_name, champion_version) if champion_version else None
     champion_rmse = evaluate.rmse(y, registry.load_trained(champion).predict(current)[held_out]) if champion else None
 
     if store.has_partition(settings.curated_dir, period - 1):
@@ -396,40 +457,120 @@ def evaluate_challenger(settings: Settings, period: int, run_id: str, version: s
         baseline_level = float(_split(current, settings)[0][spec.target].mean())
     baseline_rmse = evaluate.rmse(y, np.full(len(y), baseline_level))
 
-    gate = evaluate.passes_gate(challenger_rmse, champion_rmse, baseline_rmse, settings.gate)
+    gate = evaluate.passes_gate(challenger_rmse, champion_rmse, baseline_rmse, settings.gate, holdout_rows=len(y))
     for key, value in (
         (registry.T_HOLDOUT_RMSE, f"{challenger_rmse:.4f}"),
         ("flywheel.gate.champion_rmse", "" if champion_rmse is None else f"{champion_rmse:.4f}"),
+        ("flywheel.gate.champion_version", champion_version or ""),
         ("flywheel.gate.baseline_rmse", f"{baseline_rmse:.4f}"),
+        ("flywheel.gate.holdout_rows", str(len(y))),
         ("flywheel.gate.passed", str(gate.passed)),
     ):
         client.set_model_version_tag(settings.model_name, version, key, value)
     report.record(
         client,
         run_id,
-        metrics={"challenger_rmse": challenger_rmse, "champion_holdout_rmse": champion_rmse, "baseline_rmse": baseline_rmse},
+        metrics={
+            "challenger_rmse": challenger_rmse,
+            "champion_holdout_rmse": champion_rmse,
+            "baseline_rmse": baseline_rmse,
+            "holdout_rows": len(y),
+        },
         tags={report.T_GATE: "passed" if gate.passed else "rejected", report.T_GATE_REASON: gate.reason[:500]},
     )
     logger.info("gate for v%s on %s: %s", version, period, gate.reason)
-    return {**dataclasses.asdict(gate), "version": version}
+    return {**dataclasses.asdict(gate), "holdout_rows": len(y), "version": version}
 
 
-def promote_champion(settings: Settings, run_id: str, version: str) -> dict[str, Any]:
+def _gate_metrics(gate: dict[str, Any] | None) -> dict[str, float | None]:
+    keys = ("challenger_rmse", "champion_rmse", "baseline_rmse", "holdout_rows")
+    return {k: gate.get(k) for k in keys} if gate else {}
+
+
+def promote_champion(
+    settings: Settings,
+    run_id: str,
+    version: str,
+    *,
+    period: int | None = None,
+    gated_against: str | None = None,
+    gate: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Promote ``version`` through the door: under the lock, if the champion is still ``gated_against``."""
     from driftwheel import registry, report
 
     client = _client(settings)
-    promotion = registry.promote(client, settings.model_name, version)
+    promotion = registry.promote(
+        client,
+        settings.model_name,
+        version,
+        gated_against=gated_against,
+        door=_door(settings),
+        period=period,
+        run_id=run_id,
+        metrics=_gate_metrics(gate),
+    )
     report.record(client, run_id, tags={report.T_PROMOTED: promotion.promoted, "flywheel.promotion": promotion.reason})
     return dataclasses.asdict(promotion)
 
 
-def reject_challenger(settings: Settings, run_id: str, version: str, reason: str) -> dict[str, Any]:
+def reject_challenger(
+    settings: Settings,
+    run_id: str,
+    version: str | None,
+    reason: str,
+    *,
+    period: int | None = None,
+    champion_version: str | None = None,
+    gate: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from driftwheel import registry, report
 
     client = _client(settings)
-    registry.reject(client, settings.model_name, version, reason)
+    registry.reject(
+        client,
+        settings.model_name,
+        version,
+        reason,
+        door=_door(settings),
+        period=period,
+        run_id=run_id,
+        champion_version=champion_version,
+        metrics=_gate_metrics(gate),
+    )
     report.record(client, run_id, tags={report.T_PROMOTED: False})
     return {"version": version, "rejected": True}
+
+
+def rollback_champion(settings: Settings, reason: str, to_version: str | None = None) -> dict[str, Any]:
+    """Restore an earlier champion (default: the one the current champion replaced) through the door."""
+    from driftwheel import registry
+
+    restored = registry.rollback(
+        _client(settings), settings.model_name, reason=reason, door=_door(settings), to_version=to_version
+    )
+    return dataclasses.asdict(restored)
+
+
+def history(settings: Settings) -> list[Any]:
+    """The ledger of the model's champion: every promotion, refusal, rejection and rollback, oldest first."""
+    from driftwheel import ledger
+
+    return ledger.entries(_client(settings), ledger.experiment_name(settings.experiment_name), settings.model_name)
+
+
+def fail_period(settings: Settings, period: int, reason: str) -> None:
+    """End the period's MLflow run as FAILED (a failed task), with the reason; no-op if it has none."""
+    from driftwheel import report
+
+    client = _client(settings)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    if experiment is None:
+        return
+    run_id = report.find_period_run(client, experiment.experiment_id, period)
+    if run_id is not None:
+        report.record(client, run_id, tags={"flywheel.failure": reason[:500]})
+        client.set_terminated(run_id, "FAILED")
 
 
 def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: str | None = None) -> dict[str, Any]:
@@ -438,13 +579,15 @@ def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: 
 
     client = _client(settings)
     champion = registry.champion(client, settings.model_name)
-    tags = client.get_run(run_id).data.tags
+    # Whether the period ever promoted, from the append-only ledger: a rerun that keeps the
+    # champion does not erase the promotion an earlier run of the period made.
+    promoted = any(e.action == "promote" and e.period == period for e in history(settings))
     report.record(
         client,
         run_id,
         tags={
             report.T_CHAMPION: str(champion.version) if champion else None,
-            report.T_PROMOTED: tags.get(report.T_PROMOTED, "False"),
+            report.T_PROMOTED: promoted,
             "flywheel.airflow_run_id": airflow_run_id,
         },
     )
@@ -463,12 +606,14 @@ def run_period(settings: Settings, period: int) -> dict[str, Any]:
     ingest_tracks(settings, period)
     validate_tracks(settings, period)
     summary = report_drift(settings, period)
-    run_id = summary["mlflow_run_id"]
+    run_id, champion = summary["mlflow_run_id"], summary["champion_version"]
     if decide_retrain(settings, summary).retrain:
-        challenger = retrain_model(settings, period, run_id)
-        gate = evaluate_challenger(settings, period, run_id, challenger["version"])
+        challenger = retrain_model(settings, period, run_id, champion)
+        gate = evaluate_challenger(settings, period, run_id, challenger["version"], champion, challenger.get("refused"))
         if gate["passed"]:
-            promote_champion(settings, run_id, challenger["version"])
+            promote_champion(settings, run_id, challenger["version"], period=period, gated_against=champion, gate=gate)
         else:
-            reject_challenger(settings, run_id, challenger["version"], gate["reason"])
+            reject_challenger(
+                settings, run_id, challenger["version"], gate["reason"], period=period, champion_version=champion, gate=gate
+            )
     return finish_period(settings, period, run_id)
