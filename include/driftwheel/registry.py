@@ -153,6 +153,9 @@ class Promotion:
     champion_version: str | None
     previous_version: str | None
     reason: str
+    # Refused because another promotion moved the champion since the gate: the version it moved to,
+    # against which the challenger can be gated again.
+    moved_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,10 +181,11 @@ def promote(
     """Point ``champion`` at ``version`` if the champion is still the one it was gated against.
 
     Under the promotion lock (one promotion at a time per model, across processes and workers) it
-    compares and sets: the current champion must be ``gated_against`` (None: there was none), or a
-    version trained through the same period whose predecessor is ``gated_against`` (a rerun of a
-    period after a data fix replaces what that period promoted). Otherwise, or if the champion is
-    trained on later periods, the promotion is refused with the reason. Either way the outcome is
+    compares and sets: the current champion must be ``gated_against`` (None: there was none).
+    If another promotion moved it since, the promotion is refused with ``moved_to`` set, so the
+    caller can gate the challenger again against the new champion (a racing run, or a rerun of a
+    period after a data fix facing what that period promoted before); if the champion is trained
+    on later periods than the challenger, it is refused for good. Either way the outcome is
     appended to the ledger. The previous champion is recorded on the new one.
     """
     with locks.promotion_lock(door.lock_uri, name, door.lock_timeout):
@@ -204,7 +208,8 @@ def promote(
         if refusal:
             ledger.append(client, door.ledger_experiment, entry)
             logger.warning("promotion of %s v%s refused: %s", name, candidate.version, refusal)
-            return Promotion(False, current_version, None, refusal)
+            moved = refusal.startswith(_MOVED) and current_version is not None
+            return Promotion(False, current_version, None, refusal, moved_to=current_version if moved else None)
         if current is not None:
             client.set_model_version_tag(name, candidate.version, T_PREVIOUS_CHAMPION, current_version)
             client.set_model_version_tag(name, current.version, T_STATUS, "retired")
@@ -216,6 +221,9 @@ def promote(
         ledger.append(client, door.ledger_experiment, entry)
     logger.info("promoted %s v%s to champion (previous: %s)", name, candidate.version, current_version)
     return Promotion(True, str(candidate.version), current_version, "promoted")
+
+
+_MOVED = "the champion moved"
 
 
 def _trained_through(version: ModelVersion) -> int:
@@ -235,15 +243,8 @@ def _promotion_refusal(current: ModelVersion | None, candidate: ModelVersion, ga
         )
     if str(current.version) == gated_against:
         return None
-    rerun = (
-        gated_against is not None
-        and _trained_through(current) == _trained_through(candidate)
-        and current.tags.get(T_PREVIOUS_CHAMPION) == gated_against
-    )
-    if rerun:
-        return None
     against = f"v{gated_against}" if gated_against else "no champion"
-    return f"the champion moved: the challenger was gated against {against}, the champion is now v{current.version}"
+    return f"{_MOVED}: the challenger was gated against {against}, the champion is now v{current.version}"
 
 
 def reject(

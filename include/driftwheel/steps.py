@@ -496,22 +496,44 @@ def promote_champion(
     gated_against: str | None = None,
     gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Promote ``version`` through the door: under the lock, if the champion is still ``gated_against``."""
+    """Promote ``version`` through the door: under the lock, if the champion is still ``gated_against``.
+
+    If another promotion moved the champion since the gate (two runs racing), the challenger is
+    gated again against the new champion on the same held-out rows and promoted only if it beats
+    it too, so whichever order the racers take the lock in, the better model ends as champion.
+    A challenger that loses that second gate is rejected with the reason.
+    """
     from driftwheel import registry, report
 
     client = _client(settings)
-    promotion = registry.promote(
-        client,
-        settings.model_name,
-        version,
-        gated_against=gated_against,
-        door=_door(settings),
-        period=period,
-        run_id=run_id,
-        metrics=_gate_metrics(gate),
-    )
+    for _ in range(_MAX_REGATES + 1):
+        promotion = registry.promote(
+            client,
+            settings.model_name,
+            version,
+            gated_against=gated_against,
+            door=_door(settings),
+            period=period,
+            run_id=run_id,
+            metrics=_gate_metrics(gate),
+        )
+        if promotion.promoted or promotion.moved_to is None or period is None:
+            break
+        gated_against = promotion.moved_to
+        gate = evaluate_challenger(settings, period, run_id, version, gated_against)
+        if not gate["passed"]:
+            reason = f"gated again against v{gated_against}, which was promoted meanwhile: {gate['reason']}"
+            reject_challenger(
+                settings, run_id, version, reason, period=period, champion_version=gated_against, gate=gate
+            )
+            promotion = dataclasses.replace(promotion, reason=reason)
+            break
     report.record(client, run_id, tags={report.T_PROMOTED: promotion.promoted, "flywheel.promotion": promotion.reason})
     return dataclasses.asdict(promotion)
+
+
+# Promotions racing for one model: how often a challenger is gated again before it gives up.
+_MAX_REGATES = 3
 
 
 def reject_challenger(
