@@ -20,6 +20,7 @@ import time
 from datetime import date
 
 from driftwheel.config import REPO_ROOT, Settings
+from driftwheel_ops import champion_commands
 from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
 
 logger = logging.getLogger("driftwheel")
@@ -149,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     run_ui.add_argument("--end", type=int, default=2020, help="last year the DAG schedules (as in the demo)")
     run_ui.set_defaults(func=ui)
     commands.add_parser("table", help="print the per-year table").set_defaults(func=table)
+    champion_commands.add_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     # SIGTERM (timeout, systemd, a closed terminal) unwinds like Ctrl-C: the stack's context
