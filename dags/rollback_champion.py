@@ -22,6 +22,7 @@ from airflow.sdk import Param, dag, get_current_context, task
     start_date=pendulum.datetime(2008, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=False,  # triggered by hand only: nothing runs unless someone asks
     doc_md=__doc__,
     tags=["flywheel", "mlflow", "operations"],
     params={

@@ -29,7 +29,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 
-def _settings() -> Any:
+def _settings(context: Any = None) -> Any:
     """The library's settings: the environment, overridden by this run's Params.
 
     Params the DAG does not declare, or a landing folder outside the allowed roots, fail the run
@@ -40,7 +40,7 @@ def _settings() -> Any:
     from driftwheel.config import ForbiddenLandingDir, Settings, UndeclaredParams
 
     try:
-        return Settings.from_env().with_params(get_current_context()["params"])
+        return Settings.from_env().with_params((context or get_current_context())["params"])
     except (UndeclaredParams, ForbiddenLandingDir) as refused:
         raise AirflowFailException(str(refused)) from refused
 
@@ -52,14 +52,16 @@ def _end_period_run(context: Any) -> None:
     from driftwheel import steps
 
     try:
-        steps.fail_period(_settings(), _period(), f"{context['ti'].task_id} failed: {context.get('exception')}")
+        # Callbacks run after the task, outside get_current_context(): read the context given.
+        reason = f"{context['ti'].task_id} failed: {context.get('exception')}"
+        steps.fail_period(_settings(context), _period(context), reason)
     except Exception:  # the callback must not hide the task's own error
         logging.getLogger(__name__).exception("could not mark the period's MLflow run FAILED")
 
 
-def _period() -> int:
+def _period(context: Any = None) -> int:
     """The year this run processes: the ``year`` param, else the run's logical date."""
-    context = get_current_context()
+    context = context or get_current_context()
     if context["params"].get("year"):
         return int(context["params"]["year"])
     logical_date = context.get("logical_date")

@@ -112,8 +112,8 @@ def test_rerunning_a_year_adds_no_model_version(flywheel: Flywheel) -> None:
 
 
 def test_a_bad_batch_fails_the_run_and_leaves_the_champion(flywheel: Flywheel) -> None:
-    landing = flywheel.state_dir / "incoming"
-    landing.mkdir()
+    landing = flywheel.state_dir / "landing" / "incoming"  # inside the default landing root
+    landing.mkdir(parents=True)
     bad = landing / "tracks_2021.csv"
     make_tracks(2021, n=300).drop(columns="energy").to_csv(bad, index=False)
     digest = hashlib.sha256(bad.read_bytes()).hexdigest()
@@ -132,3 +132,74 @@ def test_a_bad_batch_fails_the_run_and_leaves_the_champion(flywheel: Flywheel) -
     assert hashlib.sha256(bad.read_bytes()).hexdigest() == digest
     logs = "".join(p.read_text(errors="replace") for p in flywheel.state_dir.rglob("*.log") if "validate_tracks" in str(p))
     assert "tracks_2021.csv: required column 'energy' is missing" in logs
+
+
+def _task_log(flywheel: Flywheel, run_id: str, task_id: str) -> str:
+    logs = flywheel.state_dir / "airflow" / "logs"
+    return "".join(
+        p.read_text(errors="replace") for p in logs.rglob("*.log") if run_id in str(p) and f"task_id={task_id}" in str(p)
+    )
+
+
+@pytest.mark.parametrize(
+    ("conf", "message"),
+    [
+        # A form user set max_bad_share 1.0 and 1,000 rows with popularity 500 were curated.
+        ({"year": 2021, "max_bad_share": 1.0}, "run parameters 'max_bad_share' are not declared by the DAG"),
+        # landing_dir read any folder the worker could read.
+        ({"year": 2021, "source": "file", "landing_dir": "/etc"}, "landing_dir /etc is outside the allowed landing roots"),
+        # A manual run for 2030 was promoted, then blocked every later promotion.
+        ({"year": 2030}, "period 2030 is beyond the next period: the flywheel has processed up to"),
+    ],
+    ids=["undeclared-param", "landing-dir-outside-roots", "period-beyond-the-next"],
+)
+def test_refused_runs_fail_at_once_and_touch_nothing(flywheel: Flywheel, conf: dict, message: str) -> None:
+    champion_before = str(registry.champion(flywheel.client, MODEL).version)
+    versions_before = flywheel.versions()
+    run_id = flywheel.stack.trigger(DAG_ID, conf)
+    run = flywheel.stack.wait_for_run(DAG_ID, run_id, timeout=300)
+    assert run.state == "failed"
+    states = flywheel.stack.task_states(DAG_ID, run_id)
+    assert states["ingest_tracks"] == "failed" and states["validate_tracks"] != "success"
+    assert message in _task_log(flywheel, run_id, "ingest_tracks")
+    assert str(registry.champion(flywheel.client, MODEL).version) == champion_before
+    assert flywheel.versions() == versions_before
+    assert not (flywheel.state_dir / "curated" / "year=2030").exists()
+
+
+def test_a_failed_year_ends_its_mlflow_run_as_failed(flywheel: Flywheel) -> None:
+    # The drift report of 2021 cannot be written (a file stands where its folder goes): the task
+    # fails after the period's MLflow run was opened; the run must not stay RUNNING for ever.
+    blocker = flywheel.state_dir / "reports" / "year=2021"
+    shutil.rmtree(blocker, ignore_errors=True)
+    blocker.write_text("not a folder")
+    try:
+        run_id = flywheel.stack.trigger(DAG_ID, {"year": 2021})
+        run = flywheel.stack.wait_for_run(DAG_ID, run_id, timeout=600)
+    finally:
+        blocker.unlink()
+    assert run.state == "failed"
+    assert flywheel.stack.task_states(DAG_ID, run_id)["report_drift"] == "failed"
+    period_runs = flywheel.client.search_runs(
+        [flywheel.client.get_experiment_by_name("driftwheel").experiment_id], "tags.`flywheel.period` = '2021'"
+    )
+    assert [r.info.status for r in period_runs] == ["FAILED"]
+    assert "report_drift failed" in period_runs[0].data.tags["flywheel.failure"]
+
+
+def test_the_rollback_dag_restores_the_previous_champion_through_the_door(flywheel: Flywheel) -> None:
+    current = registry.champion(flywheel.client, MODEL)
+    previous = current.tags[registry.T_PREVIOUS_CHAMPION]
+    run_id = flywheel.stack.trigger("rollback_champion", {"reason": "e2e: the champion misbehaves"})
+    assert flywheel.stack.wait_for_run("rollback_champion", run_id, timeout=300).state == "success"
+    assert str(registry.champion(flywheel.client, MODEL).version) == previous
+    from driftwheel import ledger
+
+    last = ledger.entries(flywheel.client, "driftwheel-ledger", MODEL)[-1]
+    assert (last.action, last.from_version, last.to_version) == ("rollback", str(current.version), previous)
+    assert last.reason == "e2e: the champion misbehaves"
+    # A version that never was champion (here: none at all) cannot be restored from the form either.
+    refused = flywheel.stack.trigger("rollback_champion", {"reason": "sneak past the gate", "to_version": 9999})
+    assert flywheel.stack.wait_for_run("rollback_champion", refused, timeout=300).state == "failed"
+    assert "has no version 9999" in _task_log(flywheel, refused, "rollback_champion")
+    assert str(registry.champion(flywheel.client, MODEL).version) == previous
