@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 def _batch(frame: pd.DataFrame) -> Batch:
-    frame = frame.assign(**{SOURCE_FILE: "tracks_2015.csv", SOURCE_ROW: range(1, len(frame) + 1)})
+    """The batch of one CSV file: the header is line 1, row i is on line i + 2."""
+    frame = frame.assign(**{SOURCE_FILE: "tracks_2015.csv", SOURCE_ROW: range(2, len(frame) + 2)})
     return Batch(2015, frame, (Path("tracks_2015.csv"),))
 
 
@@ -26,9 +27,10 @@ def test_bad_rows_are_quarantined_with_their_rule() -> None:
     frame.loc[5, "track_id"] = frame.loc[6, "track_id"]
     result = validate_batch(_batch(frame), DatasetSpec(), ValidationPolicy(max_bad_share=0.05))
     reasons = dict(zip(result.quarantined[SOURCE_ROW], result.quarantined["reason"]))
-    assert reasons[4].startswith("energy: in_range")
-    assert reasons[5].startswith("tempo: greater_than")
-    assert "track_id" in reasons[7]  # the second occurrence of a duplicated id
+    assert reasons[5].startswith("energy: in_range")
+    assert reasons[6].startswith("tempo: greater_than")
+    # The second occurrence of a duplicated id, naming the first one's line.
+    assert reasons[8] == "track_id: unique (duplicate of tracks_2015.csv line 7)"
     assert len(result.valid) == 197
 
 
@@ -56,5 +58,5 @@ def test_too_many_bad_rows_rejects_with_file_line_column_and_rule() -> None:
     with pytest.raises(BatchRejected) as err:
         validate_batch(_batch(frame), DatasetSpec(), ValidationPolicy(max_bad_share=0.05))
     message = str(err.value)
-    assert "tracks_2015.csv" in message and "line 1" in message
+    assert "tracks_2015.csv line 2: popularity: in_range(0, 100)" in message
     assert "popularity: in_range(0, 100)" in message and "rejected" in message
