@@ -1,6 +1,8 @@
 from pathlib import Path
 
-from driftwheel.config import Settings, load_column_map
+import pytest
+
+from driftwheel.config import ColumnMapError, DataError, Settings, load_column_map
 
 
 def test_from_env_reads_flywheel_variables(tmp_path: Path) -> None:
@@ -42,3 +44,34 @@ def test_column_map_file(tmp_path: Path) -> None:
     assert settings.file_source.column_map == {"track_popularity": "popularity"}
     assert settings.file_source.date_column == "release_date"
     assert settings.dataset.features == ("energy",)
+
+
+def test_column_map_encoding_and_delimiter(tmp_path: Path) -> None:
+    path = tmp_path / "map.json"
+    path.write_text('{"encoding": "latin-1", "delimiter": ";"}')
+    settings = Settings(state_dir=tmp_path).with_file_source(**load_column_map(path))
+    assert (settings.file_source.encoding, settings.file_source.delimiter) == ("latin-1", ";")
+    assert settings.file_source.column_map_file == path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"features": "danceability"}', r"map.json: key 'features': Input should be a valid list"),
+        ('{"columns": [["a", "b"]]}', r"map.json: key 'columns': Input should be a valid dictionary"),
+        ('{"columns": {"a": 1}}', r"map.json: key 'columns.a': Input should be a valid string"),
+        ('{"colums": {"a": "b"}}', r"map.json: key 'colums': Extra inputs are not permitted"),
+        ('{"features": ["energy", "popularity"]}', r"map.json: key 'features' lists the label 'popularity'"),
+        ('{"encoding": "latin-7x"}', r"map.json: key 'encoding': .*unknown encoding 'latin-7x'"),
+        ('{"delimiter": ";;"}', r"map.json: key 'delimiter': String should have at most 1 character"),
+        ('{\n  "columns": {"a": "b",}\n}', r"map.json line 2 column 24: not valid JSON"),
+        ('["energy"]', r"map.json: expected a JSON object"),
+    ],
+)
+def test_a_bad_column_map_names_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "map.json"
+    path.write_text(text)
+    with pytest.raises(ColumnMapError, match=message):
+        load_column_map(path)
+    with pytest.raises(DataError, match=message):  # the DAG fails a wrong column map without retry
+        Settings.from_env({"FLYWHEEL_STATE_DIR": str(tmp_path), "FLYWHEEL_COLUMN_MAP": str(path)})
