@@ -410,7 +410,9 @@ def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, A
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ColumnMapError(f"column map {path} line {err.lineno} column {err.colno}: not valid JSON: {err.msg}") from err
+        raise ColumnMapError(
+            f"column map {path} line {err.lineno} column {err.colno}: not valid JSON: {err.msg}"
+        ) from err
     except OSError as err:
         raise ColumnMapError(f"column map {path} cannot be read: {err}") from err
     if not isinstance(raw, dict):

@@ -68,7 +68,10 @@ def _split(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.Da
 # -- ingest and validate -------------------------------------------------------------------------
 def ingest_tracks(settings: Settings, period: int, credentials: SpotifyCredentials | None = None) -> dict[str, Any]:
     """Land the period's raw data (the synthetic source generates it, the Spotify source fetches it
-    with ``credentials``, the file source checks it). The result holds no credentials."""
+    with ``credentials``, the file source checks it). The result holds no credentials.
+
+    Raises :class:`driftwheel.config.DataError` (an unreadable landing file, a wrong column map)
+    when the data or its configuration must be fixed: retrying cannot help."""
     landed = sources.land_period(settings, period, credentials)
     return {"period": period, "landing_dir": str(landed.landing_dir), "files": [p.name for p in landed.files]}
 

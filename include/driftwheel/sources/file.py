@@ -152,7 +152,9 @@ def _map_columns(frame: pd.DataFrame, source: FileSourceConfig, spec: DatasetSpe
             )
         date_col = source.column_map.get(source.date_column, source.date_column)
         if date_col not in frame.columns:
-            raise _unreadable(path, f"date column '{source.date_column}' (\"date_column\" in the column map) is missing")
+            raise _unreadable(
+                path, f"date column '{source.date_column}' (\"date_column\" in the column map) is missing"
+            )
         # A release date may be a bare year ("2016") or a full date; the year is what we need.
         dates = pd.to_datetime(frame[date_col].astype(str), errors="coerce", format="mixed")
         frame[spec.period_column] = dates.dt.year.astype("Int64")
