@@ -1,12 +1,13 @@
 import pandas as pd
 import pytest
 
-from conftest import SEED_CSV
 from tracks import make_tracks
 from driftwheel.config import DatasetSpec, ValidationPolicy
 from driftwheel.sources.file import SOURCE_FILE, SOURCE_ROW, Batch
 from driftwheel.validate import BatchRejected, require_features, validate_batch
 from pathlib import Path
+
+SEED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "spotify_seed" / "tracks_2008_2019.csv"
 
 
 def _batch(frame: pd.DataFrame) -> Batch:
