@@ -114,6 +114,6 @@ def test_a_batch_lacking_a_feature_of_the_champion_is_rejected_at_validation(set
     without = [f for f in settings.dataset.features if f != "danceability"]
     settings = dataclasses.replace(settings, dataset=dataclasses.replace(settings.dataset, features=tuple(without)))
     land(settings, 2012, make_tracks(2012, n=300).drop(columns="danceability"))
-    with pytest.raises(BatchRejected, match=r"lacks column\(s\) 'danceability' that the champion \(version 1\)"):
+    with pytest.raises(BatchRejected, match=r"^2012 batch \(tracks_2012.csv\) lacks column\(s\) 'danceability' that the champion \(version 1\)"):
         steps.validate_tracks(settings, 2012)
     assert not store.has_partition(settings.curated_dir, 2012)

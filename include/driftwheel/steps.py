@@ -109,7 +109,8 @@ def validate_tracks(settings: Settings, period: int) -> dict[str, Any]:
     quarantine = store.write_quarantine(settings.quarantine_dir, period, result.quarantined)
     champion = _champion_inputs(settings, period)
     if champion is not None:
-        validate.require_features(result.valid.columns, champion[1], champion[0])
+        files = ", ".join(p.name for p in batch.files)
+        validate.require_features(result.valid.columns, champion[1], champion[0], f"{period} batch ({files})")
     curated = store.write_partition(settings.curated_dir, period, result.valid)
     return {
         "period": period,

@@ -97,17 +97,19 @@ def required_columns(spec: DatasetSpec) -> tuple[str, ...]:
     return (spec.id_column, spec.period_column, spec.target, *mandatory)
 
 
-def require_features(batch_features: Iterable[str], needed: Iterable[str], champion_version: str) -> None:
+def require_features(
+    batch_features: Iterable[str], needed: Iterable[str], champion_version: str, source: str = "the batch"
+) -> None:
     """Raise :class:`BatchRejected` if the batch lacks a column the champion model needs as input.
 
     Without it the champion cannot score the batch (the production error, the drift reference);
-    the message names the missing columns and the champion's version.
+    the message names ``source`` (e.g. the batch's files), the missing columns and the champion's version.
     """
     present = set(batch_features)
     missing = [name for name in needed if name not in present]
     if missing:
         raise BatchRejected(
-            f"the batch lacks column(s) {', '.join(repr(m) for m in missing)} that the champion "
+            f"{source} lacks column(s) {', '.join(repr(m) for m in missing)} that the champion "
             f"(version {champion_version}) needs as input (rule: champion_features); add them to the "
             f"landing files or to \"features\"/\"columns\" in the column map"
         )
