@@ -46,11 +46,15 @@ def test_column_map_file(tmp_path: Path) -> None:
     assert settings.dataset.features == ("energy",)
 
 
-def test_column_map_encoding_and_delimiter(tmp_path: Path) -> None:
+def test_column_map_encoding_delimiter_and_decimal(tmp_path: Path) -> None:
     path = tmp_path / "map.json"
-    path.write_text('{"encoding": "latin-1", "delimiter": ";"}')
+    path.write_text('{"encoding": "latin-1", "delimiter": ";", "decimal": ","}')
     settings = Settings(state_dir=tmp_path).with_file_source(**load_column_map(path))
-    assert (settings.file_source.encoding, settings.file_source.delimiter) == ("latin-1", ";")
+    assert (settings.file_source.encoding, settings.file_source.delimiter, settings.file_source.decimal) == (
+        "latin-1",
+        ";",
+        ",",
+    )
     assert settings.file_source.column_map_file == path
 
 

@@ -100,6 +100,7 @@ class FileSourceConfig:
     # How CSV files are read (Parquet files carry their own encoding and have no delimiter).
     encoding: str = "utf-8"
     delimiter: str = ","
+    decimal: str = "."  # "," for the decimal commas of semicolon-delimited European exports
     # The column-map file this configuration came from, so errors can name it; None: built in code.
     column_map_file: Path | None = None
 
@@ -360,6 +361,7 @@ _COLUMN_MAP_KEYS = {
     "pattern": "pattern",
     "encoding": "encoding",
     "delimiter": "delimiter",
+    "decimal": "decimal",
     "features": "features",
     "optional_features": "optional_features",
 }
@@ -378,6 +380,7 @@ def _column_map_model() -> Any:
         pattern: str | None = Field(default=None, min_length=1)
         encoding: str | None = None
         delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+        decimal: str | None = Field(default=None, min_length=1, max_length=1)
         features: list[str] | None = Field(default=None, min_length=1)
         optional_features: list[str] | None = None
 
@@ -400,9 +403,10 @@ def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, A
 
     The file is JSON: ``{"columns": {"source name": "spec name", ...}, "date_column": "release_date",
     "features": [...], "optional_features": [...], "pattern": "*.csv", "encoding": "latin-1",
-    "delimiter": ";"}``; every key is optional. Raises :class:`ColumnMapError` naming the file and
-    the key (or the line, for malformed JSON) for unknown keys, values of the wrong type, an unknown
-    encoding, a delimiter longer than one character, or the label ``target`` among the features.
+    "delimiter": ";", "decimal": ","}``; every key is optional. Raises :class:`ColumnMapError`
+    naming the file and the key (or the line, for malformed JSON) for unknown keys, values of the
+    wrong type, an unknown encoding, a delimiter or decimal mark longer than one character, or the
+    label ``target`` among the features.
     Whether the renamed source columns exist is checked when the landing files are read.
     """
     from pydantic import ValidationError

@@ -12,6 +12,7 @@ from badfiles import (
     write_header_only_csv,
     write_latin1_csv,
     write_non_data_file,
+    write_semicolon_csv,
 )
 from tracks import make_tracks
 from driftwheel.config import ColumnMapError, DataError, DatasetSpec, FileSourceConfig
@@ -67,8 +68,8 @@ def test_encoding_and_delimiter_options_read_those_files(tmp_path: Path) -> None
     other = tmp_path / "semicolons"
     other.mkdir()
     frame = make_tracks(2015, n=20)
-    frame.to_csv(other / "semicolon.csv", index=False, sep=";")
-    batch = read_period(FileSourceConfig(delimiter=";"), SPEC, other, 2015)
+    write_semicolon_csv(other, frame)  # semicolons and decimal commas
+    batch = read_period(FileSourceConfig(delimiter=";", decimal=","), SPEC, other, 2015)
     assert batch.frame["energy"].tolist() == pytest.approx(frame["energy"].tolist())
 
 

@@ -91,7 +91,12 @@ def _read_csv(path: Path, source: FileSourceConfig) -> pd.DataFrame:
         # Blank lines are kept (as empty rows, dropped by the period filter) so row numbers stay
         # the file's line numbers.
         frame = pd.read_csv(
-            path, low_memory=False, encoding=source.encoding, sep=source.delimiter, skip_blank_lines=False
+            path,
+            low_memory=False,
+            encoding=source.encoding,
+            sep=source.delimiter,
+            decimal=source.decimal,
+            skip_blank_lines=False,
         )
     except UnicodeDecodeError as err:
         raise _unreadable(
@@ -113,7 +118,8 @@ def _read_csv(path: Path, source: FileSourceConfig) -> pd.DataFrame:
             raise _unreadable(
                 path,
                 f"has a single column {header[:60]!r} when read with delimiter {source.delimiter!r}; "
-                f"set \"delimiter\": {json.dumps(other)} in the column map",
+                f"set \"delimiter\": {json.dumps(other)} in the column map "
+                f"(and \"decimal\": \",\" if its numbers are written like 0,5)",
             )
     return frame
 
