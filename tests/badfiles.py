@@ -96,6 +96,13 @@ def write_non_data_file(folder: Path, frame: pd.DataFrame, name: str = "README.t
     return path
 
 
+def write_swapped_columns_csv(folder: Path, frame: pd.DataFrame, name: str = "swapped.csv") -> Path:
+    """A CSV whose ``energy`` and ``loudness`` headers were swapped: readable, every row out of range."""
+    path = folder / name
+    frame.rename(columns={"energy": "loudness", "loudness": "energy"}).to_csv(path, index=False)
+    return path
+
+
 # kind -> (writer, words the error must contain: the fix)
 UNREADABLE: dict[str, tuple[Writer, str]] = {
     "empty_csv": (write_empty_csv, "is empty"),

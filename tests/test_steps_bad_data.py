@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from badfiles import UNREADABLE, digest, digests, write_csv, write_latin1_csv
+from badfiles import UNREADABLE, digest, digests, write_csv, write_latin1_csv, write_swapped_columns_csv
 from tracks import land, make_tracks
 from driftwheel import steps, store
 from driftwheel.config import ColumnMapError, DataError, Settings, load_column_map
@@ -114,6 +114,16 @@ def test_a_batch_lacking_a_feature_of_the_champion_is_rejected_at_validation(set
     without = [f for f in settings.dataset.features if f != "danceability"]
     settings = dataclasses.replace(settings, dataset=dataclasses.replace(settings.dataset, features=tuple(without)))
     land(settings, 2012, make_tracks(2012, n=300).drop(columns="danceability"))
-    with pytest.raises(BatchRejected, match=r"^2012 batch \(tracks_2012.csv\) lacks column\(s\) 'danceability' that the champion \(version 1\)"):
+    expected = r"^2012 batch \(tracks_2012.csv\) lacks column\(s\) 'danceability' that the champion \(version 1\)"
+    with pytest.raises(BatchRejected, match=expected):
         steps.validate_tracks(settings, 2012)
     assert not store.has_partition(settings.curated_dir, 2012)
+
+
+def test_swapped_columns_reject_the_batch_naming_file_line_column_and_rule(settings: Settings) -> None:
+    path = write_swapped_columns_csv(settings.landing_dir, make_tracks(2015, n=50))
+    before = digest(path)
+    with pytest.raises(BatchRejected, match=r"^swapped.csv line 2: energy: in_range\(0.0, 1.0\) \(column: rule\)"):
+        steps.validate_tracks(settings, 2015)
+    assert len(pd.read_csv(store.partition_path(settings.quarantine_dir, 2015, "rejected_rows.csv"))) == 50
+    assert not store.has_partition(settings.curated_dir, 2015) and digest(path) == before
