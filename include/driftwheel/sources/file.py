@@ -83,7 +83,7 @@ def _first_undecodable(path: Path, encoding: str) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         return f"byte 0x{data[err.start]:02x} on line {line}"
-    return "a byte that is not"  # pandas decodes in chunks; the whole file decoding is not expected
+    return "an undecodable byte"  # not expected: pandas failed to decode it
 
 
 def _read_csv(path: Path, source: FileSourceConfig) -> pd.DataFrame:
