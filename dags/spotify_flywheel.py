@@ -104,27 +104,30 @@ LAST_YEAR = os.environ.get("FLYWHEEL_LAST_YEAR")
 def spotify_flywheel() -> None:
     @task
     def ingest_tracks() -> dict[str, Any]:
-        from driftwheel import steps
-        from flywheel_connections import spotify_credentials  # the DAG folder is on sys.path
-
         from airflow.sdk.exceptions import AirflowFailException
 
-        settings = _settings()
+        from driftwheel import steps
+        from driftwheel.config import DataError
+        from flywheel_connections import spotify_credentials  # the DAG folder is on sys.path
+
         try:
+            settings = _settings()
             return steps.ingest_tracks(settings, _period(), spotify_credentials(settings))
-        except steps.PeriodRefused as refused:
-            raise AirflowFailException(str(refused)) from refused
+        except (DataError, steps.PeriodRefused) as error:
+            # An unreadable file, a wrong column map or a period out of order will not get better
+            # on retry: fail now.
+            raise AirflowFailException(str(error)) from error
 
     @task
     def validate_tracks(landed: dict[str, Any]) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
         from driftwheel import steps
-        from driftwheel.validate import BatchRejected
+        from driftwheel.config import DataError
 
         try:
             return steps.validate_tracks(_settings(), landed["period"])
-        except BatchRejected as rejected:
+        except DataError as rejected:
             # A bad batch will not get better on retry: fail now, leave the champion alone.
             raise AirflowFailException(str(rejected)) from rejected
 

@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from driftwheel.config import ForbiddenLandingDir, UndeclaredParams, Settings, load_column_map
+from driftwheel.config import (
+    ColumnMapError,
+    DataError,
+    ForbiddenLandingDir,
+    Settings,
+    UndeclaredParams,
+    load_column_map,
+)
 
 
 def test_from_env_reads_flywheel_variables(tmp_path: Path) -> None:
@@ -73,3 +80,38 @@ def test_promotion_lock_follows_the_registry(tmp_path: Path) -> None:
     env = {"FLYWHEEL_STATE_DIR": str(tmp_path), "FLYWHEEL_LOCK_URI": pg, "FLYWHEEL_MIN_HOLDOUT_ROWS": "80"}
     settings = Settings.from_env(env)
     assert settings.promotion_lock_uri == pg and settings.gate.min_holdout_rows == 80
+
+
+def test_column_map_encoding_delimiter_and_decimal(tmp_path: Path) -> None:
+    path = tmp_path / "map.json"
+    path.write_text('{"encoding": "latin-1", "delimiter": ";", "decimal": ","}')
+    settings = Settings(state_dir=tmp_path).with_file_source(**load_column_map(path))
+    assert (settings.file_source.encoding, settings.file_source.delimiter, settings.file_source.decimal) == (
+        "latin-1",
+        ";",
+        ",",
+    )
+    assert settings.file_source.column_map_file == path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"features": "danceability"}', r"map.json: key 'features': Input should be a valid list"),
+        ('{"columns": [["a", "b"]]}', r"map.json: key 'columns': Input should be a valid dictionary"),
+        ('{"columns": {"a": 1}}', r"map.json: key 'columns.a': Input should be a valid string"),
+        ('{"colums": {"a": "b"}}', r"map.json: key 'colums': Extra inputs are not permitted"),
+        ('{"features": ["energy", "popularity"]}', r"map.json: key 'features' lists the label 'popularity'"),
+        ('{"encoding": "latin-7x"}', r"map.json: key 'encoding': .*unknown encoding 'latin-7x'"),
+        ('{"delimiter": ";;"}', r"map.json: key 'delimiter': String should have at most 1 character"),
+        ('{\n  "columns": {"a": "b",}\n}', r"map.json line 2 column 24: not valid JSON"),
+        ('["energy"]', r"map.json: expected a JSON object"),
+    ],
+)
+def test_a_bad_column_map_names_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "map.json"
+    path.write_text(text)
+    with pytest.raises(ColumnMapError, match=message):
+        load_column_map(path)
+    with pytest.raises(DataError, match=message):  # the DAG fails a wrong column map without retry
+        Settings.from_env({"FLYWHEEL_STATE_DIR": str(tmp_path), "FLYWHEEL_COLUMN_MAP": str(path)})

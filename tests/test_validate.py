@@ -4,12 +4,15 @@ import pytest
 from tracks import make_tracks
 from driftwheel.config import DatasetSpec, ValidationPolicy
 from driftwheel.sources.file import SOURCE_FILE, SOURCE_ROW, Batch
-from driftwheel.validate import BatchRejected, validate_batch
+from driftwheel.validate import BatchRejected, require_features, validate_batch
 from pathlib import Path
+
+SEED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "spotify_seed" / "tracks_2008_2019.csv"
 
 
 def _batch(frame: pd.DataFrame) -> Batch:
-    frame = frame.assign(**{SOURCE_FILE: "tracks_2015.csv", SOURCE_ROW: range(1, len(frame) + 1)})
+    """The batch of one CSV file: the header is line 1, row i is on line i + 2."""
+    frame = frame.assign(**{SOURCE_FILE: "tracks_2015.csv", SOURCE_ROW: range(2, len(frame) + 2)})
     return Batch(2015, frame, (Path("tracks_2015.csv"),))
 
 
@@ -26,9 +29,10 @@ def test_bad_rows_are_quarantined_with_their_rule() -> None:
     frame.loc[5, "track_id"] = frame.loc[6, "track_id"]
     result = validate_batch(_batch(frame), DatasetSpec(), ValidationPolicy(max_bad_share=0.05))
     reasons = dict(zip(result.quarantined[SOURCE_ROW], result.quarantined["reason"]))
-    assert reasons[4].startswith("energy: in_range")
-    assert reasons[5].startswith("tempo: greater_than")
-    assert "track_id" in reasons[7]  # the second occurrence of a duplicated id
+    assert reasons[5].startswith("energy: in_range")
+    assert reasons[6].startswith("tempo: greater_than")
+    # The second occurrence of a duplicated id, naming the first one's line.
+    assert reasons[8] == "track_id: unique (duplicate of tracks_2015.csv line 7)"
     assert len(result.valid) == 197
 
 
@@ -56,5 +60,96 @@ def test_too_many_bad_rows_rejects_with_file_line_column_and_rule() -> None:
     with pytest.raises(BatchRejected) as err:
         validate_batch(_batch(frame), DatasetSpec(), ValidationPolicy(max_bad_share=0.05))
     message = str(err.value)
-    assert "tracks_2015.csv" in message and "line 1" in message
+    assert "tracks_2015.csv line 2: popularity: in_range(0, 100)" in message
     assert "popularity: in_range(0, 100)" in message and "rejected" in message
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "rule"),
+    [
+        ("tempo", float("inf"), "tempo: finite"),
+        ("tempo", float("-inf"), "tempo: finite"),
+        ("energy", float("inf"), "energy: finite"),
+        ("duration_ms", float("inf"), "duration_ms: finite"),
+        ("popularity", float("-inf"), "popularity: finite"),
+        ("key", 3.7, "key: integer"),
+        ("mode", 0.5, "mode: integer"),
+        ("time_signature", 4.2, "time_signature: integer"),
+        ("duration_ms", 215_000.5, "duration_ms: integer"),
+        ("duration_ms", 1e15, "duration_ms: in_range"),
+        ("duration_ms", 215, "duration_ms: in_range"),  # seconds written as milliseconds
+        ("tempo", 301.0, "tempo: less_than_or_equal_to(300"),
+    ],
+)
+def test_non_finite_fractional_and_implausible_values_are_bad_rows(column: str, value: float, rule: str) -> None:
+    frame = make_tracks(2015)
+    frame[column] = frame[column].astype(float)
+    frame.loc[3, column] = value
+    result = validate_batch(_batch(frame), DatasetSpec(), ValidationPolicy())
+    assert result.quarantined[SOURCE_ROW].tolist() == [5]
+    assert result.quarantined["reason"].iloc[0].startswith(rule)
+    assert len(result.valid) == 199 and frame.loc[3, "track_id"] not in set(result.valid["track_id"])
+    assert result.valid[column].map(lambda v: v == v and abs(v) != float("inf")).all()
+
+
+def test_integer_features_are_curated_as_integers_never_truncated() -> None:
+    frame = make_tracks(2015)
+    frame["key"] = frame["key"].astype(float)
+    frame.loc[0, "key"] = 3.7
+    result = validate_batch(_batch(frame), DatasetSpec(), ValidationPolicy())
+    for column in ("key", "mode", "time_signature", "duration_ms"):
+        assert str(result.valid[column].dtype) == "int64"
+    assert result.valid["key"].tolist() == frame["key"].iloc[1:].astype(int).tolist()
+
+
+def test_an_unparsable_value_does_not_hide_a_bad_value_in_the_same_column() -> None:
+    frame = make_tracks(2015)
+    frame["tempo"] = frame["tempo"].astype(object)
+    frame.loc[0, "tempo"] = "fast"
+    frame.loc[1, "tempo"] = float("inf")
+    result = validate_batch(_batch(frame), DatasetSpec(), ValidationPolicy())
+    reasons = dict(zip(result.quarantined[SOURCE_ROW], result.quarantined["reason"]))
+    assert reasons[2].startswith("tempo: coerce_dtype") and reasons[3].startswith("tempo: finite")
+    assert len(result.valid) == 198
+
+
+def test_duplicate_ids_across_files_name_both_files_and_lines() -> None:
+    first, second = make_tracks(2015, n=100), make_tracks(2015, n=100, seed=1)
+    second.loc[10, "track_id"] = first.loc[40, "track_id"]
+    frame = pd.concat(
+        [
+            first.assign(**{SOURCE_FILE: "a.csv", SOURCE_ROW: range(2, 102)}),
+            second.assign(**{SOURCE_FILE: "b.csv", SOURCE_ROW: range(2, 102)}),
+        ],
+        ignore_index=True,
+    )
+    result = validate_batch(Batch(2015, frame, (Path("a.csv"), Path("b.csv"))), DatasetSpec(), ValidationPolicy())
+    bad = result.quarantined.iloc[0]
+    assert (bad[SOURCE_FILE], bad[SOURCE_ROW]) == ("b.csv", 12)
+    assert bad["reason"] == "track_id: unique (duplicate of a.csv line 42)"
+
+
+def test_a_rejected_batch_carries_its_bad_rows_for_quarantine() -> None:
+    frame = make_tracks(2015)
+    frame.loc[:30, "tempo"] = float("inf")
+    with pytest.raises(BatchRejected) as err:
+        validate_batch(_batch(frame), DatasetSpec(), ValidationPolicy())
+    assert str(err.value).startswith("tracks_2015.csv line 2: tempo: finite")
+    assert err.value.quarantined[SOURCE_ROW].tolist() == list(range(2, 33))
+    assert err.value.quarantined["reason"].str.startswith("tempo: finite").all()
+
+
+def test_require_features_names_the_missing_feature_and_the_champion() -> None:
+    require_features(["energy", "danceability", "year"], ("energy", "year"), "3")
+    with pytest.raises(BatchRejected, match=r"'danceability'.*champion \(version 3\)"):
+        require_features(["energy", "year"], ("energy", "danceability", "year"), "3")
+
+
+@pytest.mark.skipif(not SEED_CSV.exists(), reason="the shared Spotify sample is not on this machine")
+def test_the_real_spotify_sample_stays_valid_under_the_bounds() -> None:
+    seed = pd.read_csv(SEED_CSV)
+    for year, rows in seed.groupby("year"):
+        rows = rows.reset_index(drop=True).assign(**{SOURCE_FILE: SEED_CSV.name, SOURCE_ROW: rows.index + 2})
+        result = validate_batch(Batch(int(year), rows, (SEED_CSV,)), DatasetSpec(), ValidationPolicy())
+        # The sample's few bad rows are its tempo-0 tracks, as before the bounds.
+        assert result.quarantined["reason"].str.startswith("tempo: greater_than").all(), year

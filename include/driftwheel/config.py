@@ -7,6 +7,7 @@ Nothing in the library reads the environment anywhere else.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
@@ -55,6 +56,18 @@ STRATEGIES: tuple[str, ...] = ("trend_residual", "transfer", "full")
 SourceName = Literal["synthetic", "file", "spotify"]
 
 
+class DataError(ValueError):
+    """The data or its configuration is wrong: deterministic, so retrying cannot help.
+
+    The message names what to fix (a file, a line, a column-map key). The DAG fails such a task
+    without retries; any other exception is treated as possibly transient.
+    """
+
+
+class ColumnMapError(DataError):
+    """The column-map file is not valid; the message names the file and the key."""
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """Which columns mean what. Columns are configuration, so other tabular data sets work too."""
@@ -84,6 +97,12 @@ class FileSourceConfig:
     # A column holding a release date (any pandas-parsable format) from which the year is taken
     # when the files have no period column of their own.
     date_column: str | None = None
+    # How CSV files are read (Parquet files carry their own encoding and have no delimiter).
+    encoding: str = "utf-8"
+    delimiter: str = ","
+    decimal: str = "."  # "," for the decimal commas of semicolon-delimited European exports
+    # The column-map file this configuration came from, so errors can name it; None: built in code.
+    column_map_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -408,30 +427,95 @@ RUN_PARAMS = frozenset(
 )
 
 
-class UndeclaredParams(ValueError):
+class UndeclaredParams(DataError):
     """A run carried parameters its DAG does not declare."""
 
 
-class ForbiddenLandingDir(ValueError):
+class ForbiddenLandingDir(DataError):
     """A run's ``landing_dir`` points outside the allowed landing roots."""
 
 
-def load_column_map(path: Path) -> dict[str, Any]:
-    """Read a column-map file for the file source.
+_COLUMN_MAP_KEYS = {
+    "columns": "column_map",
+    "date_column": "date_column",
+    "pattern": "pattern",
+    "encoding": "encoding",
+    "delimiter": "delimiter",
+    "decimal": "decimal",
+    "features": "features",
+    "optional_features": "optional_features",
+}
+
+
+def _column_map_model() -> Any:
+    """The pydantic model of a column-map file (built on first use: pydantic is not a cheap import)."""
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    class ColumnMapFile(BaseModel):
+        # strict: "features": "danceability" must not pass as the list of its letters.
+        model_config = ConfigDict(extra="forbid", strict=True)
+
+        columns: dict[str, str] | None = None
+        date_column: str | None = None
+        pattern: str | None = Field(default=None, min_length=1)
+        encoding: str | None = None
+        delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+        decimal: str | None = Field(default=None, min_length=1, max_length=1)
+        features: list[str] | None = Field(default=None, min_length=1)
+        optional_features: list[str] | None = None
+
+        @field_validator("encoding")
+        @classmethod
+        def _known_encoding(cls, value: str | None) -> str | None:
+            if value is not None:
+                try:
+                    codecs.lookup(value)
+                except LookupError:
+                    raise ValueError(f"unknown encoding {value!r} (e.g. \"utf-8\", \"latin-1\")") from None
+            return value
+
+    return ColumnMapFile
+
+
+def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, Any]:
+    """Read and validate a column-map file for the file source; return keyword arguments for
+    :meth:`Settings.with_file_source` (including ``column_map_file=path``).
 
     The file is JSON: ``{"columns": {"source name": "spec name", ...}, "date_column": "release_date",
-    "features": [...], "pattern": "*.csv"}``; every key is optional.
+    "features": [...], "optional_features": [...], "pattern": "*.csv", "encoding": "latin-1",
+    "delimiter": ";", "decimal": ","}``; every key is optional. Raises :class:`ColumnMapError`
+    naming the file and the key (or the line, for malformed JSON) for unknown keys, values of the
+    wrong type, an unknown encoding, a delimiter or decimal mark longer than one character, or the
+    label ``target`` among the features.
+    Whether the renamed source columns exist is checked when the landing files are read.
     """
-    raw = json.loads(path.read_text())
-    out: dict[str, Any] = {}
-    if "columns" in raw:
-        out["column_map"] = dict(raw["columns"])
-    if "date_column" in raw:
-        out["date_column"] = raw["date_column"]
-    if "pattern" in raw:
-        out["pattern"] = raw["pattern"]
-    if "features" in raw:
-        out["features"] = tuple(raw["features"])
-    if "optional_features" in raw:
-        out["optional_features"] = tuple(raw["optional_features"])
+    from pydantic import ValidationError
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ColumnMapError(
+            f"column map {path} line {err.lineno} column {err.colno}: not valid JSON: {err.msg}"
+        ) from err
+    except OSError as err:
+        raise ColumnMapError(f"column map {path} cannot be read: {err}") from err
+    if not isinstance(raw, dict):
+        raise ColumnMapError(f"column map {path}: expected a JSON object with keys {sorted(_COLUMN_MAP_KEYS)}")
+    try:
+        parsed = _column_map_model().model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"key '{'.'.join(str(part) for part in e['loc'])}': {e['msg']}" for e in err.errors()
+        )
+        raise ColumnMapError(
+            f"column map {path}: {problems} (allowed keys: {', '.join(_COLUMN_MAP_KEYS)})"
+        ) from err
+    for key in ("features", "optional_features"):
+        if target in (getattr(parsed, key) or ()):
+            raise ColumnMapError(f"column map {path}: key '{key}' lists the label '{target}', which is no feature")
+    out: dict[str, Any] = {"column_map_file": path}
+    for key, name in _COLUMN_MAP_KEYS.items():
+        value = getattr(parsed, key)
+        if value is not None:
+            out[name] = tuple(value) if isinstance(value, list) else value
     return out

@@ -67,7 +67,7 @@ def _sha256(path: Path) -> str:
 def _labeled_rows(path: Path, settings: Settings) -> dict[int, int]:
     """period -> rows of the file whose target is present (unlabeled rows cannot train)."""
     spec = settings.dataset
-    frame = file_source._map_columns(file_source._read(path), settings.file_source, spec, path)
+    frame = file_source._map_columns(file_source._read(path, settings.file_source), settings.file_source, spec, path)
     if spec.target not in frame.columns:
         return {}
     periods = pd.to_numeric(frame[spec.period_column], errors="coerce")

@@ -96,22 +96,50 @@ def ingest_tracks(settings: Settings, period: int, credentials: SpotifyCredentia
     """Land the period's raw data (the synthetic source generates it, the Spotify source fetches it
     with ``credentials``, the file source checks it). The result holds no credentials.
 
-    Raises :class:`PeriodRefused` for a period beyond the next one (see :func:`check_period`).
+    Raises :class:`PeriodRefused` for a period beyond the next one (see :func:`check_period`), and
+    :class:`driftwheel.config.DataError` (an unreadable landing file, a wrong column map) when the
+    data or its configuration must be fixed: retrying cannot help.
     """
     check_period(settings, period)
     landed = sources.land_period(settings, period, credentials)
     return {"period": period, "landing_dir": str(landed.landing_dir), "files": [p.name for p in landed.files]}
 
 
+def _champion_inputs(settings: Settings, period: int) -> tuple[str, list[str]] | None:
+    """(version, input columns) of the model in production when ``period`` arrived; None without one.
+
+    The columns come from the version's logged signature (its MLmodel file): no model is loaded.
+    """
+    from mlflow.models import get_model_info
+
+    from driftwheel import registry
+
+    champion = registry.champion_for_period(_client(settings), settings.model_name, period)
+    if champion is None:
+        return None
+    signature = get_model_info(f"models:/{champion.name}/{champion.version}").signature
+    return str(champion.version), (signature.inputs.input_names() if signature is not None else [])
+
+
 def validate_tracks(settings: Settings, period: int) -> dict[str, Any]:
     """Validate the landed batch; curate the good rows, quarantine the bad ones.
 
-    Raises :class:`driftwheel.validate.BatchRejected` (nothing curated, nothing else touched)
-    when the batch is unusable.
+    Raises :class:`driftwheel.validate.BatchRejected` when the batch is unusable, including when
+    it lacks an input column of the champion that will score it. The rows found bad are written
+    to quarantine first; the curated data of the period and the landing files are not touched.
     """
     batch = sources.read_period(settings, period)
-    result = validate.validate_batch(batch, settings.dataset, settings.validation)
+    try:
+        result = validate.validate_batch(batch, settings.dataset, settings.validation)
+    except validate.BatchRejected as rejected:
+        path = store.write_quarantine(settings.quarantine_dir, period, rejected.quarantined)
+        logger.warning("batch %s rejected; %d bad rows quarantined at %s", period, len(rejected.quarantined), path)
+        raise
     quarantine = store.write_quarantine(settings.quarantine_dir, period, result.quarantined)
+    champion = _champion_inputs(settings, period)
+    if champion is not None:
+        files = ", ".join(p.name for p in batch.files)
+        validate.require_features(result.valid.columns, champion[1], champion[0], f"{period} batch ({files})")
     curated = store.write_partition(settings.curated_dir, period, result.valid)
     return {
         "period": period,

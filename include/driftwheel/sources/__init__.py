@@ -37,7 +37,9 @@ def land_period(settings: Settings, period: int, credentials: SpotifyCredentials
     """Make sure the landing folder holds ``period``'s raw data; return the files that do.
 
     ``credentials`` are used by the Spotify source only (default: from the environment, see
-    :meth:`SpotifyCredentials.from_env`); they are never logged nor written.
+    :meth:`SpotifyCredentials.from_env`); they are never logged nor written. The file source reads
+    every landing file once and raises :class:`~driftwheel.sources.file.UnreadableFile` if any
+    cannot be read, whatever the period (a file's years are only known once it is read).
     """
     if settings.source == "synthetic":
         from driftwheel.sources.synthetic import generate_year
