@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
@@ -25,7 +25,9 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
 from driftwheel import ledger, locks
-from driftwheel import model as model_lib
+
+if TYPE_CHECKING:
+    from driftwheel import model as model_lib
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,10 @@ T_STATUS = "flywheel.status"
 
 # What the logged model needs at load time besides this package (see README: models load where
 # driftwheel is importable, as in the DAG's workers and the benchmark).
-_PIP_REQUIREMENTS = [f"torch=={__import__('torch').__version__.split('+')[0]}", "pandas<3", "numpy", "pyarrow"]
+def _pip_requirements() -> list[str]:
+    import torch  # here, not at import: reading the champion or moving an alias needs no torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}", "pandas<3", "numpy", "pyarrow"]
 
 
 _MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -53,6 +58,8 @@ class PopularityModel(PythonModel):
     """A pyfunc that predicts popularity from a DataFrame of raw feature values."""
 
     def load_context(self, context: PythonModelContext) -> None:
+        from driftwheel import model as model_lib
+
         self._model = model_lib.load({name: Path(path) for name, path in context.artifacts.items()})
 
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.Series:
@@ -117,13 +124,15 @@ def log_and_register(
     # The signature takes the curated dtypes (validation coerces them), e.g. integer `key`.
     signature = infer_signature(example[list(trained.input_columns)])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        from driftwheel import model as model_lib
+
         files = model_lib.save(trained, Path(tmp))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(_MODEL_CODE),
             artifacts={k: str(v) for k, v in files.items()},
             signature=signature,
-            pip_requirements=_PIP_REQUIREMENTS,
+            pip_requirements=_pip_requirements(),
         )
     # The version is created with its tags, fingerprint included, in one call: there is no moment
     # at which it exists untagged, so a retry after a crash (kill -9) finds it by fingerprint

@@ -9,6 +9,7 @@ year is rerun, and a bad batch is triggered from the "UI" path (a run with Param
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import socket
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+import badfiles
 from tracks import make_tracks
 from driftwheel import registry, report
 from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
@@ -203,3 +206,50 @@ def test_the_rollback_dag_restores_the_previous_champion_through_the_door(flywhe
     assert flywheel.stack.wait_for_run("rollback_champion", refused, timeout=300).state == "failed"
     assert "has no version 9999" in _task_log(flywheel, refused, "rollback_champion")
     assert str(registry.champion(flywheel.client, MODEL).version) == previous
+
+
+@pytest.mark.parametrize(
+    ("writer", "message"),
+    [
+        (badfiles.write_latin1_csv, '"encoding": "latin-1"'),
+        (badfiles.write_semicolon_csv, '"delimiter": ";"'),
+    ],
+    ids=["latin-1", "semicolons"],
+)
+def test_an_unreadable_landing_file_fails_once_by_name_without_retry(flywheel: Flywheel, writer, message: str) -> None:
+    landing = flywheel.state_dir / "landing" / f"unreadable-{writer.__name__}"
+    landing.mkdir(parents=True)
+    path = writer(landing, make_tracks(2021, n=300), "tracks_2021.csv")
+    before = badfiles.digest(path)
+    champion_before = str(registry.champion(flywheel.client, MODEL).version)
+    run_id = flywheel.stack.trigger(DAG_ID, {"year": 2021, "source": "file", "landing_dir": str(landing)})
+    run = flywheel.stack.wait_for_run(DAG_ID, run_id, timeout=300)
+    assert run.state == "failed"
+    log = _task_log(flywheel, run_id, "ingest_tracks")
+    assert "tracks_2021.csv" in log and message in log
+    # A deterministic data error is not retried as if it were transient: one attempt only.
+    assert sorted(p.name for p in (flywheel.state_dir / "airflow" / "logs").rglob("attempt=*.log") if run_id in str(p)
+                  and "task_id=ingest_tracks" in str(p)) == ["attempt=1.log"]
+    assert badfiles.digest(path) == before
+    assert str(registry.champion(flywheel.client, MODEL).version) == champion_before
+
+
+def test_non_finite_values_are_quarantined_and_never_reach_a_model(flywheel: Flywheel) -> None:
+    # The finding: 30 rows with tempo = inf (1.5 % of a year) passed validation, the champion's
+    # production RMSE became NaN and a model predicting NaN for every row was promoted.
+    landing = flywheel.state_dir / "landing" / "inf-tempo"
+    landing.mkdir(parents=True)
+    frame = make_tracks(2021, n=2000, level=70)
+    frame.loc[:29, "tempo"] = float("inf")
+    path = badfiles.write_csv(landing, frame, "tracks_2021.csv")
+    before = badfiles.digest(path)
+    run_id = flywheel.stack.trigger(
+        DAG_ID, {"year": 2021, "source": "file", "landing_dir": str(landing), "force_retrain": True}
+    )
+    assert flywheel.stack.wait_for_run(DAG_ID, run_id, timeout=900).state == "success"
+    quarantined = flywheel.state_dir / "quarantine" / "year=2021" / "rejected_rows.csv"
+    assert len(pd.read_csv(quarantined)) == 30
+    row = next(r for r in flywheel.table() if r.year == 2021)
+    assert row.rows == 1970 and math.isfinite(row.production_rmse)
+    assert row.challenger_rmse is None or math.isfinite(row.challenger_rmse)
+    assert badfiles.digest(path) == before
