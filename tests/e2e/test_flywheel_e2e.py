@@ -139,9 +139,10 @@ def test_a_bad_batch_fails_the_run_and_leaves_the_champion(flywheel: Flywheel) -
 
 def _task_log(flywheel: Flywheel, run_id: str, task_id: str) -> str:
     logs = flywheel.state_dir / "airflow" / "logs"
-    return "".join(
+    text = "".join(
         p.read_text(errors="replace") for p in logs.rglob("*.log") if run_id in str(p) and f"task_id={task_id}" in str(p)
     )
+    return text.replace('\\"', '"')  # task logs are JSON lines: quotes inside messages are escaped
 
 
 @pytest.mark.parametrize(
