@@ -304,7 +304,7 @@ class Settings:
         if env.get("FLYWHEEL_LANDING_ROOTS"):
             roots = env["FLYWHEEL_LANDING_ROOTS"].split(os.pathsep)
             changes["landing_roots"] = tuple(Path(r) for r in roots if r)
-        gate = {}
+        gate: dict[str, Any] = {}
         for key, name in (("FLYWHEEL_MIN_HOLDOUT_ROWS", "min_holdout_rows"), ("FLYWHEEL_MIN_BATCH_ROWS", "min_batch_rows")):
             if env.get(key):
                 gate[name] = int(env[key])

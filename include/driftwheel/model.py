@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -425,25 +426,30 @@ def save(model: AnyModel, directory: Path) -> dict[str, Path]:
     return {"weights": weights, "preprocessing": prep, "history": history, "replay": replay}
 
 
+def _tuples(saved: dict[str, Any]) -> dict[str, Any]:
+    """Saved JSON fields with lists back as tuples (the frozen dataclasses hold tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+
+
 def load(files: Mapping[str, Path]) -> AnyModel:
     """The model saved by :func:`save`, from its files by artifact name."""
     raw = json.loads(Path(files["preprocessing"]).read_text())
     if raw.get("kind") != "trend_residual":
         strategy = raw.pop("strategy", "full")
-        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        prep = Preprocessing(**_tuples(raw))
         net = PopularityNet(len(prep.features))
         net.load_state_dict(torch.load(files["weights"], weights_only=True))
         net.eval()
         return TrainedModel(net, prep, strategy)
-    columns = FeatureColumns(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["columns"].items()})
-    config = TrendResidualConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw["config"].items()})
+    columns = FeatureColumns(**_tuples(raw["columns"]))
+    config = TrendResidualConfig(**_tuples(raw["config"]))
     features = tuple(raw["features"])
-    nets = []
+    nets: list[ResidualNet] = []
     for state in torch.load(files["weights"], weights_only=True)["members"]:
-        net = ResidualNet(len(features), config.hidden, config.dropout)
-        net.load_state_dict(state)
-        net.eval()
-        nets.append(net)
+        member = ResidualNet(len(features), config.hidden, config.dropout)
+        member.load_state_dict(state)
+        member.eval()
+        nets.append(member)
     return TrendResidualModel(
         nets, columns, config, features, np.asarray(raw["feature_mean"]), np.asarray(raw["feature_std"]),
         float(raw["residual_std"]), LabelHistory.load(Path(files["history"])), pd.read_parquet(files["replay"]),

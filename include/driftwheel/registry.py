@@ -201,7 +201,7 @@ def promote(
         candidate = client.get_model_version(name, version)
         current = champion(client, name)
         current_version = str(current.version) if current else None
-        if current_version == str(candidate.version):
+        if current is not None and current_version == str(candidate.version):
             return Promotion(False, current_version, current.tags.get(T_PREVIOUS_CHAMPION), "already champion")
         refusal = _promotion_refusal(current, candidate, gated_against)
         entry = ledger.Entry(

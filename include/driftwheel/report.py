@@ -63,14 +63,20 @@ def period_run(client: MlflowClient, experiment: str, period: int, tags: Mapping
     return run_id
 
 
-def record(client: MlflowClient, run_id: str, *, metrics: Mapping[str, float | None] | None = None, tags: Mapping[str, object] | None = None) -> None:
+def record(
+    client: MlflowClient,
+    run_id: str,
+    *,
+    metrics: Mapping[str, float | None] | None = None,
+    tags: Mapping[str, object] | None = None,
+) -> None:
     """Log metrics (``None`` values skipped) and tags on a period run."""
     for key, value in (metrics or {}).items():
         if value is not None:
             client.log_metric(run_id, key, float(value))
-    for key, value in (tags or {}).items():
-        if value is not None:
-            client.set_tag(run_id, key, str(value))
+    for key, tag in (tags or {}).items():
+        if tag is not None:
+            client.set_tag(run_id, key, str(tag))
 
 
 @dataclass(frozen=True)

@@ -218,7 +218,7 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
             "flywheel.reference_periods": ",".join(map(str, reference_periods)) or None,
         },
     )
-    if production_rmse is not None:
+    if champion is not None and production_rmse is not None:
         logger.info("champion v%s on %s before retraining: RMSE %.2f", champion.version, period, production_rmse)
     return {
         **dataclasses.asdict(summary),
@@ -340,12 +340,16 @@ def _plan_study_net(settings: Settings, period: int, parent: Any, parent_model: 
             pool = store.read_partitions(settings.curated_dir, earlier)
             replay = pool.sample(n=min(len(pool), int(cfg.replay_share * len(latest_train))), random_state=cfg.seed)
             rows = pd.concat([latest_train, replay], ignore_index=True)
-    if strategy == "transfer" and not set(parent_model.preprocessing.features) <= set(features):
+    if (
+        strategy == "transfer"
+        and isinstance(parent_model, model_lib.TrainedModel)
+        and not set(parent_model.preprocessing.features) <= set(features)
+    ):
         logger.warning("period %s lacks features of the champion; training from scratch instead", period)
         strategy = "full"
 
     def train() -> AnyModel:
-        if strategy == "transfer":
+        if strategy == "transfer" and isinstance(parent_model, model_lib.TrainedModel):
             return model_lib.fine_tune(parent_model, rows, spec.target, cfg)
         trained = model_lib.train_full(rows, features, spec.target, cfg)
         if len(training_periods) > 1:
