@@ -623,7 +623,11 @@ def main(argv: list[str] | None = None) -> int:
         # Non-zero when a process is not running or a port is held by someone else: usable in scripts.
         whole = all(report[name].startswith("running") for name in stack.processes())
         return 0 if whole and not any("FOREIGN" in state for state in report.values()) else 1
-    stack.start()
+    try:
+        stack.start()
+    except StackError as err:
+        print(f"scripts/stack.sh up: {err}", file=sys.stderr)
+        return 1
     if not stack.started:
         print(f"all {len(stack.already_running)} processes already running; nothing started")
     else:
