@@ -173,7 +173,8 @@ def test_mlflow_runs_the_basic_auth_app_with_its_own_user_store(tmp_path: Path) 
     user, password = stack.mlflow_credentials()
     assert user == "flywheel" and password != admin[1] and len(password) >= 16
     assert _stack(tmp_path).mlflow_credentials() == (user, password)
-    assert _stack(tmp_path, mlflow_admin_password="given-by-env-123").mlflow_credentials("admin")[1] == "given-by-env-123"
+    given = _stack(tmp_path, mlflow_admin_password="given-by-env-123")
+    assert given.mlflow_credentials("admin") == ("admin", "given-by-env-123")
 
 
 def test_mlflow_gets_no_airflow_secret_and_only_the_workers_get_mlflow_credentials(

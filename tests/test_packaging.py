@@ -491,8 +491,9 @@ def test_postgres_init_script_creates_a_database_and_a_role_each(postgres: dict[
     ).stdout.split()
     assert rows == ["airflow|airflow|t|t", "mlflow|mlflow|t|t"]
     auth_owner = subprocess.run(
-        ["psql", "-U", "postgres", "-d", "postgres", "-Atc", owner], env=postgres, capture_output=True, text=True, check=True
-    ).stdout.split()
+        ["psql", "-U", "postgres", "-d", "postgres", "-Atc", owner],
+        env=postgres, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
     assert auth_owner == ["mlflow"]  # MLflow's user store, apart from its tracking data
 
 
