@@ -488,9 +488,6 @@ class NativeStack(LocalStack):
         except urllib.error.HTTPError as err:
             return int(err.code), err.read().decode(errors="replace")
 
-    def _pid_files(self) -> list[Path]:
-        return sorted(self.run_dir.glob("*.pid"))
-
 
 def stop_recorded(state_dir: Path) -> list[str]:
     """Stop the processes recorded under ``state_dir/run`` (a stack started by another process).
