@@ -264,6 +264,11 @@ class NativeStack(LocalStack):
             # A task of a dead worker stops heartbeating: fail that try (and so retry the task)
             # after this long instead of Airflow's 300 s. Tasks heartbeat every few seconds
             # ([workers] min_heartbeat_interval, 5 s), so a live task never comes near it.
+            # Not the broker's redelivery ([celery] task_acks_late, visibility timeout 24 h): a
+            # redelivered workload of a task already "running" would be refused by the execution
+            # API anyway. A task only reserved by the dead worker, not started, stays "queued" until
+            # [scheduler] task_queued_timeout (600 s) requeues it; a lower value would also requeue
+            # tasks that merely wait for a free worker.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(self.native.task_heartbeat_timeout),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self._trigger_log_port),
             "FLYWHEEL_STATE_DIR": str(self.state_dir),
