@@ -190,6 +190,16 @@ def _forget_queue(queue: str) -> None:
     client = redis.Redis.from_url(f"{REDIS}/{REDIS_DB}")
     # The queue, and kombu's bindings of it (their key prefix differs between kombu releases).
     client.delete(queue, *client.scan_iter(match=f"_kombu.binding*.{queue}"))
+    # The message the killed worker had taken and never acknowledged: kombu keeps it for redelivery
+    # as [message, exchange, routing key] in the "unacked" hash, shared by every queue of the DB.
+    for tag, raw in client.hgetall("unacked").items():
+        try:
+            routing_key = json.loads(raw)[2]
+        except (ValueError, IndexError, TypeError):
+            continue
+        if routing_key == queue:
+            client.hdel("unacked", tag)
+            client.zrem("unacked_index", tag)
     client.close()
 
 
