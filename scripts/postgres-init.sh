@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # PostgreSQL init script (docker-entrypoint-initdb.d): runs once, when the data volume is new.
-# One server, two databases, each owned by its own login role, so Airflow's metadata and MLflow's
+# One server, two databases (and MLflow's user store), each owned by its own login role, so Airflow's metadata and MLflow's
 # tracking store + registry can be backed up, migrated and permissioned separately.
 # The passwords come from the postgres container's environment, i.e. from .env.
 # The official entrypoint sources this file when it is not executable: no `exit`, no `set -u`.
@@ -21,3 +21,7 @@ SQL
 
 create_owned_database airflow "$AIRFLOW_DB_PASSWORD"
 create_owned_database mlflow "$MLFLOW_DB_PASSWORD"
+# The user store of MLflow's basic-auth app, apart from the tracking data, owned by the same role.
+# A data volume made before this line existed needs it once by hand (CREATE DATABASE ... OWNER mlflow).
+psql -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
+  -c 'CREATE DATABASE mlflow_auth OWNER mlflow;'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import subprocess
@@ -128,3 +129,66 @@ def test_down_stops_only_the_processes_its_pid_files_name(tmp_path: Path) -> Non
             if proc.poll() is None:
                 os.killpg(proc.pid, 9)
                 proc.wait()
+
+
+def test_config_from_env_reads_the_mlflow_auth_and_the_heartbeat_timeout() -> None:
+    config = NativeStackConfig.from_env(
+        {
+            "FLYWHEEL_MLFLOW_AUTH_DB_URI": "postgresql+psycopg2://m@db/users",
+            "FLYWHEEL_MLFLOW_ADMIN_PASSWORD": "a-long-admin-password",
+            "FLYWHEEL_TASK_HEARTBEAT_TIMEOUT": "45",
+        }
+    )
+    assert config.mlflow_auth_db_uri == "postgresql+psycopg2://m@db/users"
+    assert config.mlflow_admin_password == "a-long-admin-password"
+    assert config.task_heartbeat_timeout == 45 and not config.extra_env
+    assert NativeStackConfig.from_env({}).task_heartbeat_timeout == 60
+
+
+def test_a_task_lost_with_its_worker_is_retried_after_the_configured_heartbeat_timeout(tmp_path: Path) -> None:
+    assert _stack(tmp_path).env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "60"
+    env = _stack(tmp_path, task_heartbeat_timeout=20).env
+    assert env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "20"
+
+
+def test_mlflow_runs_the_basic_auth_app_with_its_own_user_store(tmp_path: Path) -> None:
+    stack = _stack(tmp_path)
+    argv = stack.processes()["mlflow"]
+    assert argv[argv.index("--app-name") + 1] == "basic-auth"
+    assert stack.mlflow_auth_db_uri == "postgresql+psycopg2://postgres@127.0.0.1:5432/ml_auth"
+    stack._write_mlflow_auth_ini()
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(tmp_path / "mlflow-auth.ini")
+    admin = stack.mlflow_credentials("admin")
+    assert dict(ini["mlflow"]) == {
+        "default_permission": "READ",
+        "database_uri": "postgresql+psycopg2://postgres@127.0.0.1:5432/ml_auth",
+        "admin_username": "admin",
+        "admin_password": admin[1],
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    for name in ("mlflow-auth.ini", "mlflow-users.json"):
+        assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+    # Generated once; the tasks' user is another one than the admin, with its own password.
+    user, password = stack.mlflow_credentials()
+    assert user == "flywheel" and password != admin[1] and len(password) >= 16
+    assert _stack(tmp_path).mlflow_credentials() == (user, password)
+    given = _stack(tmp_path, mlflow_admin_password="given-by-env-123")
+    assert given.mlflow_credentials("admin") == ("admin", "given-by-env-123")
+
+
+def test_mlflow_gets_no_airflow_secret_and_only_the_workers_get_mlflow_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", "inherited-jwt")
+    monkeypatch.setenv("SPOTIPY_CLIENT_SECRET", "spotify-secret")
+    monkeypatch.setenv("FLYWHEEL_ADMIN_PASSWORD", "ui-password")
+    stack = _stack(tmp_path)
+    env = stack.mlflow_env
+    secret_keys = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY")
+    airflow_secrets = {stack.env[k] for k in secret_keys}
+    assert not [k for k in env if k.startswith(("AIRFLOW", "FLYWHEEL_", "SPOTIPY_", "MLFLOW_TRACKING_"))]
+    assert not airflow_secrets & set(env.values()), "an Airflow secret reached MLflow under another name"
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "mlflow-auth.ini")
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == stack.mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert "MLFLOW_TRACKING_PASSWORD" not in stack.env  # api-server, scheduler, ...: no MLflow login

