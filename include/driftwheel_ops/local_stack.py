@@ -409,7 +409,7 @@ class LocalStack:
             (backfill_id,),
         )
         for logical_date, reason in skipped:
-            log.warning("backfill %d skips %s: %s", backfill_id, logical_date, reason)
+            log.info("backfill %d skips %s: %s", backfill_id, logical_date, reason)
         where, params = "dag_id = %s AND backfill_id = %s", (dag_id, backfill_id)
         count = len(self._runs(where, params))
         log.info("backfill %d of %s: %d runs from %s to %s", backfill_id, dag_id, count, start, end)
@@ -595,7 +595,7 @@ class LocalStack:
         """(run_id, task_id, seconds) of every finished task instance of these runs."""
         rows = self._query(
             "SELECT run_id, task_id, EXTRACT(EPOCH FROM end_date - start_date) FROM task_instance"
-            " WHERE dag_id = %s AND run_id = ANY(%s) AND start_date IS NOT NULL AND end_date IS NOT NULL",
+            " WHERE dag_id = %s AND run_id = ANY(%s) AND start_date IS NOT NULL AND end_date >= start_date",
             (dag_id, run_ids),
         )
         return [(r, t, float(s)) for r, t, s in rows]
