@@ -95,7 +95,8 @@ def demo(args: argparse.Namespace) -> int:
     print(f"state directory: {settings.state_dir}  (source: {settings.source})", flush=True)
     with LocalStack(_stack_config(settings, args.api_port, last_year=args.end)) as stack:
         try:
-            print(f"Airflow is up at {stack.api_url} ({time.perf_counter() - started:.0f} s); parsing the DAG...", flush=True)
+            up = time.perf_counter() - started
+            print(f"Airflow is up at {stack.api_url} ({up:.0f} s); parsing the DAG...", flush=True)
             _print_login(stack)
             stack.wait_for_dag(DAG_ID)
             recovered = stack.recover_backfills(DAG_ID)
@@ -108,10 +109,13 @@ def demo(args: argparse.Namespace) -> int:
             def progress(run: RunState) -> None:
                 finished.append(run)
                 year = run.logical_date.year if run.logical_date else "?"
-                took = (run.end_date - run.start_date).total_seconds() if run.start_date and run.end_date else float("nan")
+                took = float("nan")
+                if run.start_date and run.end_date:
+                    took = (run.end_date - run.start_date).total_seconds()
                 print(f"  {year}: {run.state} in {took:.0f} s", flush=True)
 
-            print(f"backfilling {DAG_ID} over {args.start}-{args.end} through the scheduler (one run per year, in order)...", flush=True)
+            print(f"backfilling {DAG_ID} over {args.start}-{args.end} through the scheduler "
+                  "(one run per year, in order)...", flush=True)  # fmt: skip
             runs = stack.backfill(
                 DAG_ID, date(args.start, 1, 1), date(args.end, 1, 1), timeout=args.timeout,
                 on_run_finished=progress, stop_on_failure=True,
@@ -130,7 +134,8 @@ def demo(args: argparse.Namespace) -> int:
             print(f"stopping the rest of the stack; then `{rerun}` continues where this run stopped", flush=True)
             return 1
     print()
-    print(f"{len(runs)} of {len(runs)} runs succeeded; backfill {backfill_seconds:.0f} s, total {time.perf_counter() - started:.0f} s")
+    total = time.perf_counter() - started
+    print(f"{len(runs)} of {len(runs)} runs succeeded; backfill {backfill_seconds:.0f} s, total {total:.0f} s")
     if durations:
         in_tasks = sum(d for _, _, d in durations)
         print(
@@ -157,7 +162,8 @@ def ui(args: argparse.Namespace) -> int:
             user, password = stack.serve_mlflow(args.mlflow_port, settings.artifact_location)
             print(f"Airflow UI: {stack.api_url}   (DAG: {stack.api_url}/dags/{DAG_ID})")
             _print_login(stack)
-            print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   (model: {settings.model_name}, aliases champion/challenger)")
+            print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   "
+                  f"(model: {settings.model_name}, aliases champion/challenger)")  # fmt: skip
             print(f"log in as {user} / {password}  (stored in {settings.state_dir / 'mlflow-auth' / 'basic_auth.ini'})")
             print("Ctrl-C stops both.", flush=True)
             while True:

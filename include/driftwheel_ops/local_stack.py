@@ -554,7 +554,9 @@ class LocalStack:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise StackError(f"MLflow UI not answering after {self.start_timeout}s; see {self.logs_dir}/mlflow-ui.log")
+                raise StackError(
+                    f"MLflow UI not answering after {self.start_timeout}s; see {self.logs_dir}/mlflow-ui.log"
+                )
             time.sleep(0.5)
 
     def trigger(

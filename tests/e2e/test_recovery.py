@@ -167,7 +167,8 @@ def test_killed_scheduler_is_reported_at_once_and_the_rerun_finishes(state_root:
         scheduler = _pid(state / "run" / "scheduler.pid")
         killed_at = time.monotonic()
         os.kill(scheduler, signal.SIGKILL)
-        said_at, _ = first.wait_for_line(r"scheduler \(pid \d+\) was killed by SIGKILL; its log: .*scheduler\.log", REPORTED_WITHIN)
+        said = r"scheduler \(pid \d+\) was killed by SIGKILL; its log: .*scheduler\.log"
+        said_at, _ = first.wait_for_line(said, REPORTED_WITHIN)
         assert said_at - killed_at < REPORTED_WITHIN
         assert first.wait(timeout=300) != 0, first.output
     finally:
