@@ -25,7 +25,14 @@ import time
 from datetime import date
 
 from driftwheel.config import REPO_ROOT, Settings
-from driftwheel_ops.local_stack import LocalStack, ProcessDied, RunState, StackConfig, StackError
+from driftwheel_ops.local_stack import (
+    LocalStack,
+    MlflowAuthUnavailable,
+    ProcessDied,
+    RunState,
+    StackConfig,
+    StackError,
+)
 
 logger = logging.getLogger("driftwheel")
 
@@ -159,12 +166,20 @@ def ui(args: argparse.Namespace) -> int:
         try:
             # Left paused as the demo left it: looking around must not start new runs.
             stack.wait_for_dag(DAG_ID, unpause=False)
-            user, password = stack.serve_mlflow(args.mlflow_port, settings.artifact_location)
+            try:
+                mlflow_login: tuple[str, str] | None = stack.serve_mlflow(args.mlflow_port, settings.artifact_location)
+            except MlflowAuthUnavailable as e:
+                mlflow_login = None  # never serve it without a login; Airflow's UI is still worth having
+                mlflow_refused = str(e)
             print(f"Airflow UI: {stack.api_url}   (DAG: {stack.api_url}/dags/{DAG_ID})")
             _print_login(stack)
-            print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   "
-                  f"(model: {settings.model_name}, aliases champion/challenger)")  # fmt: skip
-            print(f"log in as {user} / {password}  (stored in {settings.state_dir / 'mlflow-auth' / 'basic_auth.ini'})")
+            if mlflow_login is not None:
+                user, password = mlflow_login
+                print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   "
+                      f"(model: {settings.model_name}, aliases champion/challenger)")  # fmt: skip
+                print(f"log in as {user} / {password}  (stored in {stack.mlflow_auth_config})")
+            else:
+                print(f"MLflow UI:  not started: {mlflow_refused}")
             print("Ctrl-C stops both.", flush=True)
             while True:
                 stack.check_processes()

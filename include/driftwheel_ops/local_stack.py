@@ -97,6 +97,10 @@ class ProcessDied(StackError):
         super().__init__(f"{name} (pid {pid}) {how}; its log: {log_path}")
 
 
+class MlflowAuthUnavailable(StackError):
+    """MLflow's basic-auth app cannot run here (Flask-WTF, from ``mlflow[auth]``, is missing)."""
+
+
 class ApiError(StackError):
     """The REST API answered with an HTTP error."""
 
@@ -509,15 +513,27 @@ class LocalStack:
         answer = _http_json("POST", f"{self.api_url}/auth/token", {"username": username, "password": password})
         return str(answer["access_token"])
 
+    @property
+    def mlflow_auth_config(self) -> Path:
+        """The MLflow UI's basic-auth config (mode 0600), which holds its admin password."""
+        return self.state_dir / "mlflow-auth" / "basic_auth.ini"
+
     def serve_mlflow(self, port: int, artifact_root: str) -> tuple[str, str]:
         """Start the MLflow UI on 127.0.0.1:``port`` with basic auth; return (user, password).
 
         It is stopped with the stack. The admin password is generated once and kept, mode 0600, in
         ``mlflow-auth/basic_auth.ini`` next to the auth app's user store; without a password nobody
-        gets in (anonymous requests are answered 401). Returns once ``/health`` answers.
+        gets in (anonymous requests are answered 401). Returns once ``/health`` answers. Raises
+        :class:`MlflowAuthUnavailable` (and starts nothing) when the auth app's dependency is
+        missing: the UI is never served without a login.
         """
-        auth_dir = self.state_dir / "mlflow-auth"
-        ini, users_db = auth_dir / "basic_auth.ini", auth_dir / "basic_auth.db"
+        if importlib.util.find_spec("flask_wtf") is None:
+            raise MlflowAuthUnavailable(
+                "MLflow's login (its basic-auth app) needs Flask-WTF, which is not installed: "
+                "`make install` installs it (requirements.txt: mlflow[auth])"
+            )
+        ini = self.mlflow_auth_config
+        users_db = ini.with_name("basic_auth.db")
         password = _ini_value(ini, "admin_password")
         if password is None:
             # The auth app takes admin_password only when it creates the user store: a store left
@@ -533,7 +549,16 @@ class LocalStack:
                 f"admin_password = {password}\n"
                 "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
             )
-        env = {**self.env, "MLFLOW_AUTH_CONFIG_PATH": str(ini)}
+        keys = self._secrets()
+        if "mlflow_flask_secret_key" not in keys:
+            # The auth app's CSRF protection refuses to start without a static secret key.
+            keys["mlflow_flask_secret_key"] = secrets.token_urlsafe(32)
+            _write_private(self.state_dir / "secrets.json", json.dumps(keys))
+        env = {
+            **self.env,
+            "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": keys["mlflow_flask_secret_key"],
+        }
         self._check_port_free(port)
         self._spawn(
             "mlflow-ui",
