@@ -50,8 +50,17 @@ def test_every_process_of_the_stack_is_marked_and_found_by_its_marker(tmp_path: 
         time.sleep(0.1)
     assert len(found) == 1 and found[0].ppid() != os.getpid()
     assert _stack(tmp_path / "other").stack_processes() == []
-    stack.stop()  # nothing was started by this object, yet the orphan is ended
-    assert not found[0].is_running() or found[0].status() == psutil.STATUS_ZOMBIE
+    # A process that a live pid file names (started by another object, e.g. `stack.sh up`) is spared.
+    kept = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=marked)
+    (stack.run_dir).mkdir(parents=True)
+    (stack.run_dir / "kept.pid").write_text(f"{kept.pid} {psutil.Process(kept.pid).create_time()}\n")
+    try:
+        stack.stop()  # nothing was started by this object, yet the orphan is ended
+        assert not found[0].is_running() or found[0].status() == psutil.STATUS_ZOMBIE
+        assert kept.poll() is None
+    finally:
+        kept.kill()
+        kept.wait()
 
 
 def test_terminate_tree_ends_the_group_of_a_leader_that_is_already_dead() -> None:

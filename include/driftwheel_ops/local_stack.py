@@ -211,7 +211,8 @@ class LocalStack:
         """Stop what this stack started (process groups, children included), then its PostgreSQL.
 
         Processes that already died are no error: their process groups and every other process
-        carrying this stack's marker (orphaned executor workers, task supervisors) are ended too.
+        carrying this stack's marker (orphaned executor workers, task supervisors) are ended too,
+        except processes that live pid files name (and theirs), which this object did not start.
         """
         for name in reversed(list(self._procs)):
             proc = self._procs.pop(name)
@@ -693,8 +694,20 @@ class LocalStack:
         self._kill_marked_processes()
 
     def _kill_marked_processes(self) -> None:
-        """SIGTERM every process carrying this stack's marker, SIGKILL those alive after ORPHAN_GRACE."""
-        procs = self.stack_processes()
+        """SIGTERM every process carrying this stack's marker, SIGKILL those alive after ORPHAN_GRACE.
+
+        Spared: processes a live pid file names, and their descendants. A subclass may leave running
+        processes it did not start (a partial start of a long-lived stack); what it started has no
+        pid file any more once :meth:`stop` has stopped it.
+        """
+        spared: set[int] = set()
+        for path in self.run_dir.glob("*.pid"):
+            recorded = recorded_process(path)
+            if recorded is not None:
+                spared.add(recorded.pid)
+                with _suppress_missing():
+                    spared.update(child.pid for child in recorded.children(recursive=True))
+        procs = [proc for proc in self.stack_processes() if proc.pid not in spared]
         if not procs:
             return
         log.warning("ending %d leftover processes of %s: %s", len(procs), self.state_dir, [p.pid for p in procs])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
+import logging
 import os
 import re
 import shlex
@@ -31,6 +32,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 # Generous bounds: they only prove that nothing waits for the demo's one-hour timeout.
 REPORTED_WITHIN = 60.0
@@ -173,6 +175,8 @@ def test_killed_scheduler_is_reported_at_once_and_the_rerun_finishes(state_root:
         said_at, _ = first.wait_for_line(said, REPORTED_WITHIN)
         assert said_at - killed_at < REPORTED_WITHIN
         assert first.wait(timeout=300) != 0, first.output
+        log.info("scheduler kill reported after %.1fs; demo exited after %.1fs",
+                 said_at - killed_at, time.monotonic() - killed_at)  # fmt: skip
     finally:
         if first.proc.poll() is None:
             first.proc.kill()
@@ -198,7 +202,11 @@ def test_a_failed_year_names_task_error_and_log_and_the_printed_rerun_finishes(s
     blocker.write_text("not a folder")
     args = ["--api-port", str(_free_port()), "demo", "--start", "2008", "--end", "2010"]
     first = Cli(args, state)
+    t0 = time.monotonic()
     assert first.wait() == 1, first.output
+    failed_at = next(at for at, line in first.lines if re.match(r"\s+2009: failed", line))
+    log.info("failed year reported %.1fs after the demo started; demo exited %.1fs after that",
+             failed_at - t0, time.monotonic() - failed_at)  # fmt: skip
     out = first.output
     assert _years(first, "success") == [2008], out
     assert _years(first, "failed") == [2009], out
@@ -274,6 +282,8 @@ def test_ui_needs_logins_and_a_killed_postgres_ends_it(state_root: Path) -> None
         said_at, _ = cli.wait_for_line(r"PostgreSQL \(pid \d+\) is no longer running; its log: ", REPORTED_WITHIN)
         assert said_at - killed_at < REPORTED_WITHIN
         assert cli.wait(timeout=300) == 1, cli.output
+        log.info("PostgreSQL kill reported after %.1fs; ui exited after %.1fs",
+                 said_at - killed_at, time.monotonic() - killed_at)  # fmt: skip
     finally:
         if cli.proc.poll() is None:
             cli.proc.kill()
