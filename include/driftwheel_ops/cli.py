@@ -3,12 +3,12 @@
 * ``demo``: start the embedded stack (PostgreSQL in the state directory, Airflow api-server,
   scheduler and dag-processor), backfill the yearly DAG over 2008–2020, print the per-year table.
 * ``ui``: serve the Airflow UI and the MLflow UI on the same state until interrupted.
+* ``table``: print the per-year table of what has run so far.
 
-Both log in as ``admin`` with passwords generated once and stored (mode 0600) in the state
+Both UIs log in as ``admin`` with passwords generated once and stored (mode 0600) in the state
 directory; they are printed. ``demo`` continues an unfinished backfill (a crash, a failed year):
 finished years are kept, the failed or interrupted ones run again. A failed year, or a process of
 the stack that dies, ends the command at once with a non-zero exit and says what to look at.
-* ``table``: print the per-year table of what has run so far.
 
 External databases are a setting away: ``FLYWHEEL_AIRFLOW_DB_URI`` and ``FLYWHEEL_MLFLOW_DB_URI``.
 """
@@ -166,10 +166,12 @@ def ui(args: argparse.Namespace) -> int:
         try:
             # Left paused as the demo left it: looking around must not start new runs.
             stack.wait_for_dag(DAG_ID, unpause=False)
+            mlflow_login: tuple[str, str] | None = None
+            mlflow_refused = ""
             try:
-                mlflow_login: tuple[str, str] | None = stack.serve_mlflow(args.mlflow_port, settings.artifact_location)
+                mlflow_login = stack.serve_mlflow(args.mlflow_port, settings.artifact_location)
             except MlflowAuthUnavailable as e:
-                mlflow_login = None  # never serve it without a login; Airflow's UI is still worth having
+                # Never served without a login; Airflow's UI alone is still worth having.
                 mlflow_refused = str(e)
             print(f"Airflow UI: {stack.api_url}   (DAG: {stack.api_url}/dags/{DAG_ID})")
             _print_login(stack)
