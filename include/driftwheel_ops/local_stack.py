@@ -482,7 +482,8 @@ class LocalStack:
             if map_index is not None and map_index >= 0:
                 folder = folder / f"map_index={map_index}"
             log_path: Path | None = folder / f"attempt={try_number}.log"
-            if log_path is None or not log_path.exists():
+            if not folder.joinpath(f"attempt={try_number}.log").exists():
+                # Another log_filename_template or a try number ahead of its log: take the last attempt.
                 attempts = sorted(folder.glob("attempt=*.log"), key=lambda p: int(p.stem.split("=")[1]))
                 log_path = attempts[-1] if attempts else None
             error = _last_error(log_path) if log_path is not None else None
