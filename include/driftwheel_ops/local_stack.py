@@ -942,10 +942,12 @@ def terminate_tree(pid: int, grace: float = 20.0) -> None:
         leader = psutil.Process(pid)
         procs = [leader, *leader.children(recursive=True)]
     except psutil.NoSuchProcess:
-        # The leader died (kill -9): its group may live on (a scheduler's executor workers).
+        # The leader died (kill -9): its group may live on (a scheduler's executor workers), orphans
+        # that ignore SIGTERM and have nobody left to finish work for.
         procs = [p for p in psutil.process_iter() if _pgid(p.pid) == pid]
         if not procs:
             return
+        grace = min(grace, ORPHAN_GRACE)
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         if sig == signal.SIGKILL:
             log.warning("pids %s outlived SIGTERM by %.0fs; killing them", [p.pid for p in procs], grace)
