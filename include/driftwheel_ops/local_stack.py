@@ -360,10 +360,13 @@ class LocalStack:
         return done.stdout
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180, *, unpause: bool = True) -> None:
-        """Wait until the DAG is serialized in the metadata database, then unpause it (if asked)."""
+        """Wait until the DAG is serialized in the metadata database, then unpause it (if asked).
+
+        Raises :class:`ProcessDied` if a process of the stack dies meanwhile."""
         deadline = time.monotonic() + timeout
         self.airflow("dags", "reserialize", timeout=timeout)
         while not self._query("SELECT 1 FROM serialized_dag WHERE dag_id = %s LIMIT 1", (dag_id,)):
+            self.check_processes()
             if time.monotonic() > deadline:
                 errors = self._query("SELECT filename, stacktrace FROM import_error")
                 detail = "\n".join(f"{f}:\n{_tail(s, 15)}" for f, s in errors) or "no import errors"
