@@ -5,6 +5,11 @@
 * ``ui``: serve the Airflow UI and the MLflow UI on the same state until interrupted.
 * ``table``: print the per-year table of what has run so far.
 
+Both UIs log in as ``admin`` with passwords generated once and stored (mode 0600) in the state
+directory; they are printed. ``demo`` continues an unfinished backfill (a crash, a failed year):
+finished years are kept, the failed or interrupted ones run again. A failed year, or a process of
+the stack that dies, ends the command at once with a non-zero exit and says what to look at.
+
 External databases are a setting away: ``FLYWHEEL_AIRFLOW_DB_URI`` and ``FLYWHEEL_MLFLOW_DB_URI``.
 """
 
@@ -13,19 +18,28 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
-import subprocess
 import sys
 import time
 from datetime import date
 
 from driftwheel.config import REPO_ROOT, Settings
 from driftwheel_ops import champion_commands
-from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
+from driftwheel_ops.local_stack import (
+    LocalStack,
+    MlflowAuthUnavailable,
+    ProcessDied,
+    RunState,
+    StackConfig,
+    StackError,
+)
 
 logger = logging.getLogger("driftwheel")
 
 DAG_ID = "spotify_flywheel"
+DEFAULT_API_PORT = 8080
+DEFAULT_MLFLOW_PORT = 5000
 
 
 def _stack_config(settings: Settings, api_port: int, last_year: int | None = None) -> StackConfig:
@@ -54,31 +68,82 @@ def _print_table(settings: Settings, tracking_uri: str) -> None:
     print(report.format_table(report.period_table(client, experiment.experiment_id)))
 
 
+def _rerun_command(args: argparse.Namespace) -> str:
+    """The command line that was typed (``make demo`` when it is the default one)."""
+    if args.argv in ([], ["demo"]):
+        return "make demo"
+    return "python -m driftwheel " + shlex.join(args.argv)
+
+
+def _print_login(stack: LocalStack) -> None:
+    user, password = stack.admin_credentials()
+    print(f"log in as {user} / {password}  (stored in {stack.passwords_file})", flush=True)
+
+
+def _print_failure(stack: LocalStack, run: RunState, later: list[RunState], rerun: str) -> None:
+    year = run.logical_date.year if run.logical_date else run.run_id
+    failures = stack.failed_tasks(DAG_ID, run.run_id)
+    print()
+    if not failures:
+        print(f"year {year} failed (run {run.run_id}) without a failed task; see {stack.logs_dir}/scheduler.log")
+    for failure in failures:
+        print(f"year {year} failed in task {failure.task_id} (attempt {failure.try_number}):")
+        print(f"  error: {failure.error or 'no error line found in the log'}")
+        print(f"  log:   {failure.log_path or 'no log file found'}")
+    if later:
+        years = ", ".join(str(r.logical_date.year) if r.logical_date else r.run_id for r in later)
+        print(f"not run: {years} (each year starts from the model the year before left)")
+    print(f"fix the cause, then rerun: {rerun}  (finished years are kept; {year} and the later years run again)")
+
+
 def demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     started = time.perf_counter()
+    rerun = _rerun_command(args)
     print(f"state directory: {settings.state_dir}  (source: {settings.source})", flush=True)
     with LocalStack(_stack_config(settings, args.api_port, last_year=args.end)) as stack:
-        print(f"Airflow is up at {stack.api_url} ({time.perf_counter() - started:.0f} s); parsing the DAG...", flush=True)
-        stack.wait_for_dag(DAG_ID)
-        backfill_started = time.perf_counter()
+        try:
+            up = time.perf_counter() - started
+            print(f"Airflow is up at {stack.api_url} ({up:.0f} s); parsing the DAG...", flush=True)
+            _print_login(stack)
+            stack.wait_for_dag(DAG_ID)
+            recovered = stack.recover_backfills(DAG_ID)
+            if recovered:
+                print(f"an earlier backfill did not finish (a crash or a failed year): {len(recovered)} unfinished "
+                      "runs were stopped; they run again now", flush=True)  # fmt: skip
+            backfill_started = time.perf_counter()
+            finished: list[RunState] = []
 
-        def progress(run: RunState) -> None:
-            year = run.logical_date.year if run.logical_date else "?"
-            took = (run.end_date - run.start_date).total_seconds() if run.start_date and run.end_date else float("nan")
-            print(f"  {year}: {run.state} in {took:.0f} s", flush=True)
+            def progress(run: RunState) -> None:
+                finished.append(run)
+                year = run.logical_date.year if run.logical_date else "?"
+                took = float("nan")
+                if run.start_date and run.end_date:
+                    took = (run.end_date - run.start_date).total_seconds()
+                print(f"  {year}: {run.state} in {took:.0f} s", flush=True)
 
-        print(f"backfilling {DAG_ID} over {args.start}-{args.end} through the scheduler (one run per year, in order)...", flush=True)
-        runs = stack.backfill(
-            DAG_ID, date(args.start, 1, 1), date(args.end, 1, 1), timeout=args.timeout, on_run_finished=progress
-        )
-        backfill_seconds = time.perf_counter() - backfill_started
-        print()
-        _print_table(settings, stack.mlflow_db_uri)
-        durations = stack.task_durations(DAG_ID, [r.run_id for r in runs])
-    failed = [r for r in runs if r.state != "success"]
+            print(f"backfilling {DAG_ID} over {args.start}-{args.end} through the scheduler "
+                  "(one run per year, in order)...", flush=True)  # fmt: skip
+            runs = stack.backfill(
+                DAG_ID, date(args.start, 1, 1), date(args.end, 1, 1), timeout=args.timeout,
+                on_run_finished=progress, stop_on_failure=True,
+            )  # fmt: skip
+            backfill_seconds = time.perf_counter() - backfill_started
+            failed = [r for r in finished if r.state != "success"]
+            if failed:
+                done = {r.run_id for r in finished}
+                _print_failure(stack, failed[0], [r for r in runs if r.run_id not in done], rerun)
+                return 1
+            print()
+            _print_table(settings, stack.mlflow_db_uri)
+            durations = stack.task_durations(DAG_ID, [r.run_id for r in runs])
+        except ProcessDied as e:
+            print(f"\n{e}", flush=True)
+            print(f"stopping the rest of the stack; then `{rerun}` continues where this run stopped", flush=True)
+            return 1
     print()
-    print(f"{len(runs) - len(failed)} of {len(runs)} runs succeeded; backfill {backfill_seconds:.0f} s, total {time.perf_counter() - started:.0f} s")
+    total = time.perf_counter() - started
+    print(f"{len(runs)} of {len(runs)} runs succeeded; backfill {backfill_seconds:.0f} s, total {total:.0f} s")
     if durations:
         in_tasks = sum(d for _, _, d in durations)
         print(
@@ -86,42 +151,48 @@ def demo(args: argparse.Namespace) -> int:
             f"{(backfill_seconds - in_tasks) / len(durations):.1f} s of scheduling per task on top"
         )
     print(f"drift reports: {settings.reports_dir}/year=<YYYY>/drift_report.html (also attached to each MLflow run)")
-    print("look around: make ui  (Airflow on :8080, MLflow on :5000)")
+    if args.api_port == DEFAULT_API_PORT:
+        print(f"look around: make ui  (Airflow on :{DEFAULT_API_PORT}, MLflow on :{DEFAULT_MLFLOW_PORT})")
+    else:
+        print(f"look around: python -m driftwheel --api-port {args.api_port} ui  "
+              f"(Airflow on :{args.api_port}, MLflow on :{DEFAULT_MLFLOW_PORT})")  # fmt: skip
     if not runs:
         print("every year in the range had already run; `make clean` forgets them")
-    return 1 if failed else 0
+    return 0
 
 
 def ui(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     with LocalStack(_stack_config(settings, args.api_port, last_year=args.end)) as stack:
-        # Left paused as the demo left it: looking around must not start new runs.
-        stack.wait_for_dag(DAG_ID, unpause=False)
-        mlflow_log = (settings.state_dir / "logs" / "mlflow-ui.log").open("ab")
-        mlflow_ui = subprocess.Popen(
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", stack.mlflow_db_uri,
-                "--default-artifact-root", settings.artifact_location,
-                "--host", "127.0.0.1", "--port", str(args.mlflow_port),
-            ],
-            stdout=mlflow_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        print(f"Airflow UI: {stack.api_url}   (DAG: {stack.api_url}/dags/{DAG_ID})")
-        print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   (model: {settings.model_name}, aliases champion/challenger)")
-        print("Ctrl-C stops both.", flush=True)
         try:
-            while mlflow_ui.poll() is None:
+            # Left paused as the demo left it: looking around must not start new runs.
+            stack.wait_for_dag(DAG_ID, unpause=False)
+            mlflow_login: tuple[str, str] | None = None
+            mlflow_refused = ""
+            try:
+                mlflow_login = stack.serve_mlflow(args.mlflow_port, settings.artifact_location)
+            except MlflowAuthUnavailable as e:
+                # Never served without a login; Airflow's UI alone is still worth having.
+                mlflow_refused = str(e)
+            print(f"Airflow UI: {stack.api_url}   (DAG: {stack.api_url}/dags/{DAG_ID})")
+            _print_login(stack)
+            if mlflow_login is not None:
+                user, password = mlflow_login
+                print(f"MLflow UI:  http://127.0.0.1:{args.mlflow_port}   "
+                      f"(model: {settings.model_name}, aliases champion/challenger)")  # fmt: skip
+                print(f"log in as {user} / {password}  (stored in {stack.mlflow_auth_config})")
+            else:
+                print(f"MLflow UI:  not started: {mlflow_refused}")
+            print("Ctrl-C stops both.", flush=True)
+            while True:
+                stack.check_processes()
                 time.sleep(1)
         except KeyboardInterrupt:
-            pass
-        finally:
-            if mlflow_ui.poll() is None:
-                os.killpg(mlflow_ui.pid, signal.SIGTERM)
-                mlflow_ui.wait(timeout=30)
-    return 0
+            return 0
+        except ProcessDied as e:
+            print(f"\n{e}", flush=True)
+            print("stopping the rest of the stack", flush=True)
+            return 1
 
 
 def table(args: argparse.Namespace) -> int:
@@ -137,7 +208,7 @@ def table(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m driftwheel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--api-port", type=int, default=int(os.environ.get("FLYWHEEL_API_PORT", "8080")))
+    parser.add_argument("--api-port", type=int, default=int(os.environ.get("FLYWHEEL_API_PORT", str(DEFAULT_API_PORT))))
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the stack does")
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="backfill the DAG over a range of years and print the table")
@@ -146,17 +217,22 @@ def main(argv: list[str] | None = None) -> int:
     run_demo.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the backfill")
     run_demo.set_defaults(func=demo)
     run_ui = commands.add_parser("ui", help="serve the Airflow and MLflow UIs on the demo's state")
-    run_ui.add_argument("--mlflow-port", type=int, default=5000)
+    run_ui.add_argument("--mlflow-port", type=int, default=DEFAULT_MLFLOW_PORT)
     run_ui.add_argument("--end", type=int, default=2020, help="last year the DAG schedules (as in the demo)")
     run_ui.set_defaults(func=ui)
     commands.add_parser("table", help="print the per-year table").set_defaults(func=table)
     champion_commands.add_commands(commands)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     # SIGTERM (timeout, systemd, a closed terminal) unwinds like Ctrl-C: the stack's context
     # manager then stops every process it started instead of leaving them running.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except StackError as e:  # the stack has been stopped by now; its message says what to look at
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
