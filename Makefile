@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install demo ui table test test-unit test-e2e clean bench stack stack-down stack-status
+.PHONY: install demo ui table test test-unit test-e2e lint clean bench stack stack-down stack-status
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -28,8 +28,12 @@ table: install
 bench: install  ## prequential benchmark of every policy on the seed data (else synthetic); writes state/bench/
 	$(BIN)/python benchmarks/prequential.py --out state/bench
 
-test: install  ## unit, DAG and end-to-end tests (the e2e tests use PostgreSQL on 127.0.0.1:5432)
+test: install lint  ## lint, then unit, DAG and end-to-end tests (the e2e tests use PostgreSQL on 127.0.0.1:5432)
 	$(BIN)/python -m pytest
+
+lint: install  ## ruff's lint rules on everything, mypy on the library and the operations package
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not e2e"

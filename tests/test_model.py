@@ -14,7 +14,7 @@ CONFIG = TrainingConfig(epochs=20, fine_tune_epochs=20)
 
 def test_network_shape_is_the_studys() -> None:
     net = PopularityNet(13)
-    assert [(l.in_features, l.out_features) for l in net.layers] == [(13, 32), (32, 32), (32, 32), (32, 50), (50, 1)]
+    assert [(layer.in_features, layer.out_features) for layer in net.layers] == [(13, 32), (32, 32), (32, 32), (32, 50), (50, 1)]
 
 
 def test_full_training_learns_the_signal_and_is_deterministic() -> None:

