@@ -4,7 +4,7 @@ The module runs `scripts/stack.sh up` once, as a subprocess with the README's va
 databases, Redis DB, queue, ports and stack directory): MLflow (PostgreSQL store, served artifacts,
 basic auth), the Airflow api-server, dag-processor, triggerer, scheduler (CeleryExecutor) and two
 Celery workers on the machine's PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379). The
-scheduler backfills 2013-2014 (a cold start, then a drift decision); 2016 is triggered through
+scheduler backfills 2013-2014 (a cold start, then a drift decision); 2015 is triggered through
 the REST API the way the UI's trigger form does it, and the worker running its training is
 killed -9 mid-task: `status` shows it dead, `up` restarts it alone, the task is retried within
 the configured heartbeat timeout. Then live mode (a dropped file reaches training through the
@@ -244,11 +244,11 @@ def test_rest_triggered_year_survives_the_kill_of_the_worker_running_its_trainin
     # The trigger form's request (airflow/ui TriggerDAGForm): the whole Params dict as conf, the
     # logical date as an ISO instant, empty data-interval fields as null.
     conf = {
-        "year": 2016, "source": None, "landing_dir": None, "strategy": "full", "force_retrain": True,
+        "year": 2015, "source": None, "landing_dir": None, "strategy": "full", "force_retrain": True,
         "max_drift_share": None, "max_rmse_increase": None, "min_improvement": None,
     }  # fmt: skip
     body = {
-        "conf": conf, "logical_date": "2016-01-01T00:00:00.000Z",
+        "conf": conf, "logical_date": "2015-01-01T00:00:00.000Z",
         "data_interval_start": None, "data_interval_end": None, "partition_key": None,
     }  # fmt: skip
 
@@ -265,8 +265,8 @@ def test_rest_triggered_year_survives_the_kill_of_the_worker_running_its_trainin
     versions_before = len(_tracking(server).search_model_versions(f"name='{MODEL}'"))
     status, run = server.request("POST", path, body, token=answer["access_token"])
     assert status == 200, run
-    assert run["conf"]["year"] == 2016 and run["run_type"] == "manual"
-    assert run["logical_date"].startswith("2016-01-01T00:00:00")
+    assert run["conf"]["year"] == 2015 and run["run_type"] == "manual"
+    assert run["logical_date"].startswith("2015-01-01T00:00:00")
     run_id = run["dag_run_id"]
 
     # Kill -9 the worker (and the task under it) while it trains the challenger.
@@ -314,7 +314,7 @@ def test_rest_triggered_year_survives_the_kill_of_the_worker_running_its_trainin
     log.info("the lost retrain_model was retried %.0fs after its worker was killed", retry_after)
     assert retry_after < HEARTBEAT_TIMEOUT + 10 + 10 + 40, retry_after
     assert len(_tracking(server).search_model_versions(f"name='{MODEL}'")) == versions_before + 1
-    assert _table(server)[2016].decision == "retrain"
+    assert _table(server)[2015].decision == "retrain"
 
 
 def test_task_instances_ran_on_the_celery_workers(server: Server) -> None:
@@ -323,7 +323,7 @@ def test_task_instances_ran_on_the_celery_workers(server: Server) -> None:
         " WHERE dag_id = %s AND state IN ('success', 'failed')",
         (DAG_ID,),
     )
-    assert len(rows) >= 3 * 7  # 2013, 2014 and 2016
+    assert len(rows) >= 3 * 7  # 2013, 2014 and 2015
     assert {q for _, _, _, q, _ in rows} == {QUEUE}
     by_worker: dict[str, list[str]] = {}
     for task_id, run_id, hostname, _, _ in rows:
@@ -397,9 +397,9 @@ def test_live_mode_hands_new_files_to_training_through_the_asset(server: Server)
     for dag_id in ("live_ingest", "live_retrain"):
         status, dag = server.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False}, token=token)
         assert status == 200 and dag["is_paused"] is False, dag
-    landing = server.state_dir / "incoming"
-    landing.mkdir()
-    make_tracks(2017, n=300).to_csv(landing / "week_01.csv", index=False)
+    landing = server.state_dir / "landing" / "incoming"  # inside the default landing root
+    landing.mkdir(parents=True)
+    make_tracks(2016, n=300).to_csv(landing / "week_01.csv", index=False)
 
     conf = {"source": "file", "landing_dir": str(landing), "min_new_rows": 200}
     status, run = server.request(
@@ -415,25 +415,25 @@ def test_live_mode_hands_new_files_to_training_through_the_asset(server: Server)
         "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = 'driftwheel_new_labeled_tracks'"
     )
     assert [json.loads(x) if isinstance(x, str) else x for (x,) in extra][0]["confs"] == [
-        {"year": 2017, "source": "file", "landing_dir": str(landing)}
+        {"year": 2016, "source": "file", "landing_dir": str(landing)}
     ]
     retrain_run = _wait_for(
         "a live_retrain run", lambda: server.stack.dag_runs("live_retrain"), timeout=300
     )[0]
     assert server.stack.wait_for_run("live_retrain", retrain_run.run_id, timeout=600).state == "success"
 
-    def yearly_2017() -> list[dict[str, Any]]:
+    def yearly_2016() -> list[dict[str, Any]]:
         _, runs = server.request("GET", "/api/v2/dags/spotify_flywheel/dagRuns?limit=100", token=token)
-        return [r for r in runs["dag_runs"] if (r.get("conf") or {}).get("year") == 2017]
+        return [r for r in runs["dag_runs"] if (r.get("conf") or {}).get("year") == 2016]
 
-    triggered = _wait_for("the spotify_flywheel run for 2017", yearly_2017, timeout=300)[0]
+    triggered = _wait_for("the spotify_flywheel run for 2016", yearly_2016, timeout=300)[0]
     assert triggered["conf"]["landing_dir"] == str(landing)
     assert server.stack.wait_for_run("spotify_flywheel", triggered["dag_run_id"], timeout=900).state == "success"
     states = server.stack.task_states("spotify_flywheel", triggered["dag_run_id"])
     assert states["validate_tracks"] == "success" and states["finish_period"] == "success", states
     table = _table(server)
-    assert 2017 in table, (sorted(table), triggered)
-    row = table[2017]
+    assert 2016 in table, (sorted(table), triggered)
+    row = table[2016]
     assert row.rows == 300 and row.production_rmse is not None
 
 
