@@ -5,13 +5,15 @@ BIN    := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install demo ui table test test-unit test-e2e lint clean bench stack stack-down stack-status
+.PHONY: install demo ui table history test test-unit test-e2e lint clean bench stack stack-down stack-status
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	# The venv's python finds the library and the ops package: `.venv/bin/python -m driftwheel ...` works anywhere.
+	echo "$(CURDIR)/include" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/driftwheel.pth"
 	touch $@
 
 install: $(BIN)/.installed
@@ -24,6 +26,9 @@ ui: install  ## serve the Airflow UI (:8080) and the MLflow UI (:5000) on the de
 
 table: install
 	$(BIN)/python -m driftwheel table
+
+history: install  ## every promotion, refusal, rejection and rollback of the champion
+	$(BIN)/python -m driftwheel history
 
 bench: install  ## prequential benchmark of every policy on the seed data (else synthetic); writes state/bench/
 	$(BIN)/python benchmarks/prequential.py --out state/bench
