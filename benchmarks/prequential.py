@@ -379,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         for year in years:
             steps.ingest_tracks(curated_from, year)
             steps.validate_tracks(curated_from, year)
+            store.mark_finished(curated_from.curated_dir, year)  # curated only: no run to finish
     baseline = next(p for p in POLICIES if p.name == "previous_mean")
     if baseline.name in args.policies:
         results.insert(min(3, len(results)), previous_mean(curated_from, baseline, eval_years))

@@ -14,7 +14,8 @@ One run per year: **ingest → validate → drift report → decide → retrain 
   registers the challenger in MLflow; `evaluate_challenger` gates it against the champion and
   the previous year's mean on a held-out split; `promote_champion` moves the `champion` alias.
 
-Runs chain in year order (`max_active_runs=1`, `depends_on_past`): each year starts from the model
+Runs chain in year order (`max_active_runs=1`, `depends_on_past`, and `ingest_tracks` refuses a year whose
+previous year has not finished): each year starts from the model
 the previous year left in production. Everything is logged to the MLflow run `period-<year>`.
 Trigger a single year from the form with the `year` param; backfill with
 `airflow backfill create --dag-id spotify_flywheel --from-date 2008-01-01 --to-date 2020-01-01`.
@@ -112,7 +113,8 @@ def spotify_flywheel() -> None:
 
         try:
             settings = _settings()
-            return steps.ingest_tracks(settings, _period(), spotify_credentials(settings))
+            run_id = get_current_context()["run_id"]
+            return steps.ingest_tracks(settings, _period(), spotify_credentials(settings), run=run_id)
         except (DataError, steps.PeriodRefused) as error:
             # An unreadable file, a wrong column map or a period out of order will not get better
             # on retry: fail now.

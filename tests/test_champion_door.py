@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tracks import land, make_tracks
-from driftwheel import ledger, registry, steps
+from driftwheel import ledger, registry, steps, store
 from driftwheel import model as model_lib
 from driftwheel.config import Settings
 
@@ -82,6 +82,30 @@ def test_a_period_beyond_the_next_one_is_refused_before_it_touches_anything(flyw
     assert not (flywheel.curated_dir / "year=2030").exists()
     assert _champion(flywheel) == "1"
     steps.run_period(flywheel, 2011)  # a rerun of a processed period is fine
+
+
+def test_the_next_period_waits_for_the_previous_one_to_finish(flywheel: Settings) -> None:
+    # The finding: a manual run triggered during a backfill ran beside it (Airflow's max_active_runs
+    # does not count the backfill's runs), promoted first and locked the earlier year out.
+    land(flywheel, 2013, make_tracks(2013, n=500, level=58, seed=4))
+    steps.ingest_tracks(flywheel, 2012, run="backfill__2012-01-01T00:00:00+00:00")
+    steps.validate_tracks(flywheel, 2012)  # 2012 is mid-run: curated, not finished
+    with pytest.raises(steps.PeriodRefused, match=r"period 2012 has not finished \(its run backfill__2012.*rerun 2012 first, then 2013"):
+        steps.ingest_tracks(flywheel, 2013, run="manual__2013")
+    assert not (flywheel.curated_dir / "year=2013").exists() and _champion(flywheel) == "1"
+    steps.run_period(flywheel, 2012)  # the backfill's run of 2012 goes on and finishes
+    steps.run_period(flywheel, 2013)
+    assert not list(flywheel.curated_dir.rglob(store.IN_PROGRESS))
+
+
+def test_a_failed_period_blocks_the_next_one_until_it_is_rerun(flywheel: Settings) -> None:
+    run_id, _ = _start_2012(flywheel)
+    steps.fail_period(flywheel, 2012, "retrain_model failed: out of memory")
+    land(flywheel, 2013, make_tracks(2013, n=500, level=58, seed=4))
+    with pytest.raises(steps.PeriodRefused, match="period 2012 has not finished"):
+        steps.ingest_tracks(flywheel, 2013)
+    steps.run_period(flywheel, 2012)  # the documented fix: rerun the failed period, then go on
+    assert steps.run_period(flywheel, 2013)["year"] == 2013
 
 
 def _bad_challenger(settings: Settings, run_id: str) -> str:

@@ -70,18 +70,26 @@ class PeriodRefused(ValueError):
 
 
 def check_period(settings: Settings, period: int) -> None:
-    """Refuse a period beyond the next one: periods are processed in order, without gaps.
+    """Refuse a period that would skip a period or overtake one still running: periods go in order.
 
-    Rerunning any processed period is fine (after a data fix, say); so is the next one. A run for
-    a later period (a manual run for 2030, one triggered while a backfill is still in 2016) would
-    train and promote a model that locks every earlier period out, so it is refused before it
-    touches anything.
+    Rerunning any processed period is fine (after a data fix, say); so is the next one once the
+    previous period's run has finished. A run for a later period (a manual run for 2030), or for the
+    next period while the previous one is still running or has failed (a manual run triggered during
+    a backfill, which Airflow runs beside the backfill's own runs), would train and promote a model
+    that locks the earlier period out, so it is refused before it touches anything.
     """
     processed = store.available_periods(settings.curated_dir)
     if processed and period > processed[-1] + 1:
         raise PeriodRefused(
             f"period {period} is beyond the next period: the flywheel has processed up to {processed[-1]}; "
             f"run {processed[-1] + 1} first (periods are processed in order, without gaps)"
+        )
+    unfinished = store.in_progress(settings.curated_dir, period - 1)
+    if unfinished is not None:
+        raise PeriodRefused(
+            f"period {period - 1} has not finished (its run {unfinished.get('run') or '?'} started at "
+            f"{unfinished.get('started_at') or '?'} is still running, or it failed): wait for it, or rerun "
+            f"{period - 1} first, then {period} (periods are processed in order)"
         )
 
 
@@ -92,7 +100,9 @@ def _split(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.Da
 
 
 # -- ingest and validate -------------------------------------------------------------------------
-def ingest_tracks(settings: Settings, period: int, credentials: SpotifyCredentials | None = None) -> dict[str, Any]:
+def ingest_tracks(
+    settings: Settings, period: int, credentials: SpotifyCredentials | None = None, run: str | None = None
+) -> dict[str, Any]:
     """Land the period's raw data (the synthetic source generates it, the Spotify source fetches it
     with ``credentials``, the file source checks it). The result holds no credentials.
 
@@ -101,6 +111,7 @@ def ingest_tracks(settings: Settings, period: int, credentials: SpotifyCredentia
     data or its configuration must be fixed: retrying cannot help.
     """
     check_period(settings, period)
+    store.mark_in_progress(settings.curated_dir, period, run)
     landed = sources.land_period(settings, period, credentials)
     return {"period": period, "landing_dir": str(landed.landing_dir), "files": [p.name for p in landed.files]}
 
@@ -646,6 +657,7 @@ def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: 
         },
     )
     client.set_terminated(run_id, "FINISHED")
+    store.mark_finished(settings.curated_dir, period)
     row = next(r for r in report.period_table(client, _experiment(settings, client)) if r.year == period)
     logger.info("period %s done: %s", period, row)
     return dataclasses.asdict(row)

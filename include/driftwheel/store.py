@@ -5,9 +5,11 @@ A rerun of a period overwrites its partition (same path), never adds a second co
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -64,6 +66,36 @@ def read_partitions(root: Path, periods: Iterable[int]) -> pd.DataFrame:
     if not frames:
         raise ValueError("no periods requested")
     return pd.concat(frames, ignore_index=True)
+
+
+# A period's run leaves this marker in its partition folder from ingest until finish_period. A
+# marker that outlives its run means the run is still going, or failed or crashed: the next period
+# must not start on top of it. States written before markers existed have none: all finished.
+IN_PROGRESS = "_IN_PROGRESS"
+
+
+def mark_in_progress(root: Path, period: int, run: str | None) -> None:
+    """Record that a run of ``period`` has started (``run``: who, for the message of a refusal)."""
+    path = partition_path(root, period, IN_PROGRESS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"run": run, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}))
+    tmp.replace(path)
+
+
+def mark_finished(root: Path, period: int) -> None:
+    partition_path(root, period, IN_PROGRESS).unlink(missing_ok=True)
+
+
+def in_progress(root: Path, period: int) -> dict[str, str | None] | None:
+    """Who started ``period`` and when, if its run has not finished; None if it has (or never ran)."""
+    path = partition_path(root, period, IN_PROGRESS)
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except ValueError:  # a marker cut short by a crash still means "not finished"
+        return {"run": None, "started_at": None}
 
 
 def available_periods(root: Path) -> list[int]:

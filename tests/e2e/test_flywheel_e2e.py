@@ -189,6 +189,13 @@ def test_a_failed_year_ends_its_mlflow_run_as_failed(flywheel: Flywheel) -> None
     assert [r.info.status for r in period_runs] == ["FAILED"]
     assert "report_drift failed" in period_runs[0].data.tags["flywheel.failure"]
 
+    # The next year does not start on top of the failed one (nor beside a year still running, as a
+    # manual run triggered during a backfill did): refused at once, naming the year to rerun.
+    refused = flywheel.stack.trigger(DAG_ID, {"year": 2022})
+    assert flywheel.stack.wait_for_run(DAG_ID, refused, timeout=300).state == "failed"
+    assert "period 2021 has not finished" in _task_log(flywheel, refused, "ingest_tracks")
+    assert not (flywheel.state_dir / "curated" / "year=2022").exists()
+
 
 def test_the_rollback_dag_restores_the_previous_champion_through_the_door(flywheel: Flywheel) -> None:
     current = registry.champion(flywheel.client, MODEL)
