@@ -5,13 +5,15 @@ BIN    := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: install demo ui table history test test-unit test-e2e lint clean bench stack stack-down stack-status
+.PHONY: lock install demo ui table history test test-unit test-e2e lint clean bench stack stack-down stack-status
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+# requirements*.txt say what the project needs; requirements.lock pins every package to the versions
+# CI tested (Airflow installs are meant to be constrained), so a fresh machine gets exactly those.
+$(BIN)/.installed: requirements.txt requirements-dev.txt requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt -c requirements.lock
 	# The venv's python finds the library and the ops package: `.venv/bin/python -m driftwheel ...` works anywhere.
 	echo "$(CURDIR)/include" > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/driftwheel.pth"
 	touch $@
@@ -51,6 +53,14 @@ stack-down:  ## stop what `make stack` started
 
 stack-status:
 	scripts/stack.sh status
+
+lock:  ## re-resolve requirements*.txt in a scratch venv and pin the result in requirements.lock (then run make test)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	{ echo "# Every package make install puts in .venv, at the version CI tested. Refresh: make lock"; \
+	  .lock-venv/bin/pip freeze; } > requirements.lock
+	rm -rf .lock-venv
 
 clean:  ## forget every run: databases, models, data and reports of the embedded default
 	rm -rf state

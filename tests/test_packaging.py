@@ -508,3 +508,35 @@ def test_postgres_init_script_refuses_a_missing_password(postgres: dict[str, str
     )
     assert run.returncode != 0
     assert "MLFLOW_DB_PASSWORD must be set" in run.stderr
+
+
+def _requirement_names(path: Path) -> dict[str, str]:
+    """{normalised name: the line's specifier} of a requirements file (comments and extras dropped)."""
+    names = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name = re.split(r"[\[<>=!~ ]", line, maxsplit=1)[0]
+            names[re.sub(r"[-_.]+", "-", name).lower()] = line
+    return names
+
+
+def test_the_lock_pins_every_requirement_at_a_version_the_requirements_allow() -> None:
+    from packaging.requirements import Requirement
+
+    locked = {}
+    for line in (REPO / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            locked[re.sub(r"[-_.]+", "-", name).lower()] = version
+    for path in (REPO / "requirements.txt", REPO / "requirements-dev.txt"):
+        for name, line in _requirement_names(path).items():
+            assert name in locked, f"{path.name}: {name} is not in requirements.lock: run make lock"
+            assert Requirement(line).specifier.contains(locked[name], prereleases=True), (
+                f"{path.name}: {line!r} but requirements.lock pins {locked[name]}: run make lock"
+            )
+
+
+def test_test_tools_are_not_runtime_requirements() -> None:
+    runtime = _requirement_names(REPO / "requirements.txt")
+    assert not {"pytest", "ruff", "mypy"} & set(runtime)
