@@ -319,11 +319,16 @@ class LandingIndex:
         return self._dir / sha / f"{period}.parquet"
 
 
-def _parse(source: FileSourceConfig, spec: DatasetSpec, path: Path) -> dict[int, pd.DataFrame]:
-    """One readable landing file's rows by period, mapped, with ``source_row`` (no ``source_file``)."""
-    frame = _map_columns(_read(path, source), source, spec, path)
+def _by_period(raw: pd.DataFrame, source: FileSourceConfig, spec: DatasetSpec, path: Path) -> dict[int, pd.DataFrame]:
+    """A landing file's rows as read, mapped, with ``source_row`` (not ``source_file``: a copy has
+    other names), by period. Raises :class:`UnreadableFile` if the file has no period column."""
+    frame = _map_columns(raw, source, spec, path)
     frame[SOURCE_ROW] = _row_numbers(path, len(frame))
     return _periods(frame, spec)
+
+
+def _parse(source: FileSourceConfig, spec: DatasetSpec, path: Path) -> dict[int, pd.DataFrame]:
+    return _by_period(_read(path, source), source, spec, path)
 
 
 def _labeled(by_period: Mapping[int, pd.DataFrame], spec: DatasetSpec) -> dict[int, int]:
@@ -402,12 +407,10 @@ def index_landing(
     fresh: dict[str, dict[int, pd.DataFrame]] = {}
     for path, raw in read.items():
         try:
-            frame = _map_columns(raw, source, spec, path)
+            by_period = fresh[hashes[path]] = _by_period(raw, source, spec, path)
         except UnreadableFile as err:
             problems.append(str(err))
             continue
-        frame[SOURCE_ROW] = _row_numbers(path, len(frame))
-        by_period = fresh[hashes[path]] = _periods(frame, spec)
         entries[hashes[path]] = {
             "columns": [str(c) for c in raw.columns],
             "rows": {str(p): len(rows) for p, rows in by_period.items()},
