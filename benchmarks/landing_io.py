@@ -1,6 +1,6 @@
 """How long ingesting and validating every year takes when one landing file holds all the years.
 
-Writes one CSV of ``--years`` synthetic years (2000 rows each) into a fresh landing folder, then
+Writes one CSV of ``--years`` synthetic years (``--rows-per-year`` rows each) into a fresh landing folder, then
 runs, for each year in order, what the DAG's first two tasks run: ``steps.ingest_tracks`` and
 ``steps.validate_tracks`` (file source). Prints the seconds per year, the total, and how many
 times a landing file was parsed. The timings are for a report, not a test: they depend on the
@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from driftwheel import steps
-from driftwheel.config import FileSourceConfig, Settings
+from driftwheel.config import FileSourceConfig, Settings, SyntheticConfig
 from driftwheel.sources import file as file_source
 from driftwheel.sources.synthetic import generate_year
 
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="scratch folder (emptied first)")
     parser.add_argument("--first-year", type=int, default=2008)
     parser.add_argument("--years", type=int, default=13)
+    parser.add_argument("--rows-per-year", type=int, default=SyntheticConfig().rows_per_year)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     landing = args.out / "landing"
     landing.mkdir(parents=True)
     years = list(range(args.first_year, args.first_year + args.years))
-    data = pd.concat([generate_year(y) for y in years], ignore_index=True)
+    data = pd.concat([generate_year(y, SyntheticConfig(rows_per_year=args.rows_per_year)) for y in years])
     data.to_csv(landing / "tracks_all_years.csv", index=False)
     settings = Settings(state_dir=args.out / "state", source="file", file_source=FileSourceConfig(landing_dir=landing))
 
