@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from driftwheel import live
+from driftwheel import live, sources
 from driftwheel.config import FileSourceConfig, LivePolicy, Settings
 from tracks import make_tracks
 
@@ -74,6 +75,19 @@ def test_a_rewritten_file_counts_again(tmp_path: Path) -> None:
     live.announce(settings, [2021])
     _drop(settings, "tracks.csv", 2021, 80, seed=9)
     assert live.collect_new_tracks(settings, 2021)["pending"] == {"2021": 80}
+
+
+def test_a_file_is_parsed_once_for_live_mode_and_the_yearly_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from driftwheel.sources import file as file_source
+
+    settings = _settings(tmp_path)
+    _drop(settings, "week_01.csv", 2021, 50, unlabeled=5)
+    parse = file_source._read
+    parsed: list[str] = []
+    monkeypatch.setattr(file_source, "_read", lambda path, source: parsed.append(path.name) or parse(path, source))
+    assert live.collect_new_tracks(settings, 2021)["pending"] == {"2021": 45}
+    assert len(sources.read_period(settings, 2021).frame) == 50  # what the yearly run's validation reads
+    assert parsed == ["week_01.csv"]
 
 
 def test_retrain_conf_points_the_yearly_dag_at_the_live_folder(tmp_path: Path) -> None:

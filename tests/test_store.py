@@ -1,5 +1,8 @@
 from pathlib import Path
 
+import pandas as pd
+import pytest
+
 from tracks import make_tracks
 from driftwheel import store
 
@@ -24,3 +27,25 @@ def test_empty_quarantine_removes_old_file(tmp_path: Path) -> None:
     assert store.write_quarantine(tmp_path, 2015, frame) is not None
     assert store.write_quarantine(tmp_path, 2015, frame.iloc[:0]) is None
     assert not (tmp_path / "year=2015" / "rejected_rows.csv").exists()
+
+
+def test_write_atomic_replaces_a_file_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "reports" / "summary.json"
+    assert store.write_text(path, '{"rows": 1}') == path  # creates the folder
+    store.write_text(path, '{"rows": 2}')
+    assert path.read_text() == '{"rows": 2}'
+
+    def fails_halfway(tmp: Path) -> None:
+        tmp.write_text('{"rows": ')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.write_atomic(path, fails_halfway)
+    assert path.read_text() == '{"rows": 2}'  # the old content, never half a file
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temporary left behind
+
+
+def test_write_frame_writes_csv_or_parquet_by_suffix(tmp_path: Path) -> None:
+    frame = make_tracks(2015, n=3)
+    pd.testing.assert_frame_equal(pd.read_csv(store.write_frame(frame, tmp_path / "rows.csv")), frame)
+    pd.testing.assert_frame_equal(pd.read_parquet(store.write_frame(frame, tmp_path / "rows.parquet")), frame)

@@ -52,7 +52,6 @@ SEED_TEXT_COLUMNS: tuple[str, ...] = ("track_id", "artist_name", "song_name", "a
 # residual from audio, label-history and batch features, and each retrain fine-tunes it with
 # replay (see driftwheel.model). transfer and full: the study's 32-32-32-50-1 network.
 Strategy = Literal["trend_residual", "transfer", "full"]
-STRATEGIES: tuple[str, ...] = ("trend_residual", "transfer", "full")
 SourceName = Literal["synthetic", "file", "spotify"]
 
 

@@ -7,9 +7,7 @@ are written atomically under the period's folder; the caller logs them to MLflow
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ import pandas as pd
 from evidently import Report
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
+
+from driftwheel import store
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,6 @@ def _is_drifted(metric: dict[str, Any]) -> bool:
     return value >= float(config["threshold"])
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write(str(tmp))
-    tmp.replace(path)
-
-
 def drift_report(
     current: pd.DataFrame,
     reference: pd.DataFrame,
@@ -65,8 +59,8 @@ def drift_report(
     snapshot = report.run(current[[*columns, target]], reference[[*columns, target]])
     out_dir.mkdir(parents=True, exist_ok=True)
     html_path, json_path = out_dir / "drift_report.html", out_dir / "drift_report.json"
-    _write_atomic(html_path, snapshot.save_html)
-    _write_atomic(json_path, snapshot.save_json)
+    store.write_atomic(html_path, lambda tmp: snapshot.save_html(str(tmp)))
+    store.write_atomic(json_path, lambda tmp: snapshot.save_json(str(tmp)))
 
     scores: dict[str, float] = {}
     drifted: dict[str, bool] = {}
@@ -96,8 +90,3 @@ def drift_report(
         html_path,
     )
     return result
-
-
-def summary_json(result: DriftResult) -> str:
-    """A compact JSON of the per-column scores, for a model version tag."""
-    return json.dumps({c: round(s, 4) for c, s in result.column_scores.items()})

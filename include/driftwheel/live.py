@@ -12,18 +12,16 @@ runs the yearly pipeline for each of them (the DAG passes the period as the run'
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from driftwheel import sources
+from driftwheel import sources, store
 from driftwheel.config import LivePolicy, Settings
 from driftwheel.sources import file as file_source
 
@@ -50,41 +48,24 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _save(path: Path, manifest: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    tmp.replace(path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _labeled_rows(path: Path, settings: Settings) -> dict[int, int]:
-    """period -> rows of the file whose target is present (unlabeled rows cannot train)."""
-    spec = settings.dataset
-    frame = file_source._map_columns(file_source._read(path, settings.file_source), settings.file_source, spec, path)
-    if spec.target not in frame.columns:
-        return {}
-    periods = pd.to_numeric(frame[spec.period_column], errors="coerce")
-    labeled = periods[frame[spec.target].notna() & periods.notna()]
-    return {int(p): int(n) for p, n in labeled.value_counts().sort_index().items()}
+    store.write_text(path, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def scan_new_files(settings: Settings) -> list[NewFile]:
-    """The landing files (``settings.landing_dir``) whose content the manifest has not seen, by name."""
+    """The landing files (``settings.landing_dir``) whose content the manifest has not seen, by name.
+
+    Their labeled rows (a target value present; unlabeled rows cannot train) come from the landing
+    index, so a file is parsed once for live mode and the yearly runs alike.
+    """
     known = {entry["sha256"] for entry in _load(manifest_path(settings))["files"].values()}
     pattern = settings.file_source.pattern if settings.source == "file" else "tracks_*"
+    source = dataclasses.replace(settings.file_source, pattern=pattern)
+    index = file_source.index_landing(source, settings.dataset, settings.landing_dir, sources.index_dir(settings))
     new = []
-    for path in file_source.landing_files(settings.landing_dir, pattern):
-        digest = _sha256(path)
-        if digest not in known:
-            new.append(NewFile(path.name, digest, _labeled_rows(path, settings)))
-            known.add(digest)
+    for file in index.files:
+        if file.sha256 not in known:
+            new.append(NewFile(file.path.name, file.sha256, dict(file.labeled_rows)))
+            known.add(file.sha256)
     return new
 
 

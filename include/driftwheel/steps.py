@@ -1,6 +1,6 @@
 """The flywheel's steps, one function per DAG task, each returning a small JSON-able dict.
 
-These compose the stage modules; the DAG tasks, the CLI and the benchmarks call them alike.
+These compose the stage modules; the DAG tasks and the benchmark call them alike.
 Every step is keyed by the period and idempotent: a rerun overwrites its artifacts, logs into the
 same MLflow run and reuses a model version trained from the same inputs.
 

@@ -1,6 +1,8 @@
 """The curated store: one Parquet partition per period (``year=YYYY``), written atomically.
 
 A rerun of a period overwrites its partition (same path), never adds a second copy.
+:func:`write_atomic` is the library's one way to replace a file (write a temporary name, then
+rename), so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,21 +24,38 @@ def partition_path(root: Path, period: int, name: str = "tracks.parquet") -> Pat
     return root / f"year={period}" / name
 
 
-def write_atomic(frame: pd.DataFrame, path: Path) -> Path:
-    """Write ``frame`` to ``path`` (Parquet or CSV by suffix) via a temporary name and a rename."""
+def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """Create or replace ``path`` with what ``write`` writes to the temporary path it is given; return ``path``.
+
+    The temporary file lies in the same folder (so the rename is atomic) and is hidden; it is removed
+    if ``write`` fails, and ``path`` then keeps its old content.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if path.suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    else:
-        frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    # pid and a random part: concurrent writers (processes or threads) never share a temporary file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Create or replace the text file ``path`` (UTF-8) atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> Path:
+    """Write ``frame`` to ``path`` (CSV if the suffix is ``.csv``, else Parquet) atomically, without its index."""
+    if path.suffix == ".csv":
+        return write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))
+    return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def write_partition(root: Path, period: int, frame: pd.DataFrame) -> Path:
     """Replace the curated partition of ``period`` with ``frame``; return its path."""
-    path = write_atomic(frame, partition_path(root, period))
+    path = write_frame(frame, partition_path(root, period))
     logger.info("curated %d rows of %s at %s", len(frame), period, path)
     return path
 
@@ -46,7 +66,7 @@ def write_quarantine(root: Path, period: int, frame: pd.DataFrame) -> Path | Non
     if frame.empty:
         path.unlink(missing_ok=True)
         return None
-    return write_atomic(frame, path)
+    return write_frame(frame, path)
 
 
 def has_partition(root: Path, period: int) -> bool:
@@ -76,11 +96,8 @@ IN_PROGRESS = "_IN_PROGRESS"
 
 def mark_in_progress(root: Path, period: int, run: str | None) -> None:
     """Record that a run of ``period`` has started (``run``: who, for the message of a refusal)."""
-    path = partition_path(root, period, IN_PROGRESS)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"run": run, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}))
-    tmp.replace(path)
+    marker = {"run": run, "started_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    write_text(partition_path(root, period, IN_PROGRESS), json.dumps(marker))
 
 
 def mark_finished(root: Path, period: int) -> None:

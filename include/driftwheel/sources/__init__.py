@@ -3,17 +3,19 @@
 Every source ends in the landing folder: the synthetic source writes one deterministic CSV per
 period there (only if it is not there yet, so landing files are never rewritten); the Spotify
 source fetches the year from the Web API into it, raw responses first (also only once); the file
-source reads the folder the user points it at. Validation always reads through :func:`file.read_period`.
+source reads the folder the user points it at. Every source is then read through the landing
+index of :mod:`driftwheel.sources.file` (kept under ``<state>/landing_index``): each landing file
+is parsed once, whatever the number of periods it holds or of tasks that need them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from driftwheel import store
 from driftwheel.config import Settings
 from driftwheel.sources import file as file_source
 from driftwheel.sources.file import Batch, LandingError
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Batch", "LandingError", "Landed", "land_period", "read_period"]
+__all__ = ["Batch", "LandingError", "Landed", "index_dir", "land_period", "read_period"]
 
 
 @dataclass(frozen=True)
@@ -37,19 +39,17 @@ def land_period(settings: Settings, period: int, credentials: SpotifyCredentials
     """Make sure the landing folder holds ``period``'s raw data; return the files that do.
 
     ``credentials`` are used by the Spotify source only (default: from the environment, see
-    :meth:`SpotifyCredentials.from_env`); they are never logged nor written. The file source reads
-    every landing file once and raises :class:`~driftwheel.sources.file.UnreadableFile` if any
-    cannot be read, whatever the period (a file's years are only known once it is read).
+    :meth:`SpotifyCredentials.from_env`); they are never logged nor written. The file source
+    indexes the landing files (parsing only those it has not seen) and raises
+    :class:`~driftwheel.sources.file.UnreadableFile` if any cannot be read, whatever the period (a
+    file's years are only known once it is read), and :class:`LandingError` if none holds the period.
     """
     if settings.source == "synthetic":
         from driftwheel.sources.synthetic import generate_year
 
         path = settings.landing_dir / f"tracks_{period}.csv"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            generate_year(period, settings.synthetic).to_csv(tmp, index=False)
-            tmp.replace(path)
+            store.write_frame(generate_year(period, settings.synthetic), path)
             logger.info("generated synthetic landing file %s", path)
         return Landed(period, settings.landing_dir, (path,))
     if settings.source == "spotify":
@@ -69,14 +69,26 @@ def land_period(settings: Settings, period: int, credentials: SpotifyCredentials
             )
         return Landed(period, settings.landing_dir, (path,))
     if settings.source == "file":
-        batch = read_period(settings, period)
-        return Landed(period, settings.landing_dir, batch.files)
+        return Landed(period, settings.landing_dir, _index(settings, period).files_with(period))
     raise ValueError(f"unknown source {settings.source!r}: expected 'synthetic', 'spotify' or 'file'")
 
 
-def read_period(settings: Settings, period: int) -> Batch:
-    """The period's raw rows from the landing folder, renamed to the dataset spec's columns."""
+def index_dir(settings: Settings) -> Path:
+    """Where the landing indexes of ``settings``' state are kept (one per landing folder and column map)."""
+    return settings.state_dir / "landing_index"
+
+
+def _index(settings: Settings, period: int) -> file_source.LandingIndex:
     source = settings.file_source
     if settings.source in ("synthetic", "spotify"):
+        # One file per period, in the canonical columns: the user's column map is not theirs.
         source = type(source)(pattern=f"tracks_{period}.csv")
-    return file_source.read_period(source, settings.dataset, settings.landing_dir, period)
+    return file_source.index_landing(source, settings.dataset, settings.landing_dir, index_dir(settings))
+
+
+def read_period(settings: Settings, period: int) -> Batch:
+    """The period's raw rows from the landing folder, renamed to the dataset spec's columns.
+
+    Reads the period's rows once: from the landing files this call indexes, else from the index.
+    """
+    return _index(settings, period).read_period(period)

@@ -8,18 +8,27 @@ Each file is read on its own. A file that cannot be read (empty, another encodin
 a broken Parquet file) or that has no period column is an :class:`UnreadableFile` naming the file,
 the reason and the column-map option that fixes it. Its periods cannot be known — it may hold
 rows of any year — so it blocks every period until it is fixed or moved out of the landing folder.
+
+Each file is parsed once: :func:`index_landing` records, by the file's content hash, which periods
+it holds, and keeps its rows split by period, so a file holding every year is not parsed again for
+each year (see :class:`LandingIndex`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from driftwheel import store
 from driftwheel.config import ColumnMapError, DataError, DatasetSpec, FileSourceConfig
 
 logger = logging.getLogger(__name__)
@@ -167,77 +176,286 @@ def _map_columns(frame: pd.DataFrame, source: FileSourceConfig, spec: DatasetSpe
     return frame
 
 
-def _check_renames(source: FileSourceConfig, read: list[tuple[Path, pd.DataFrame]]) -> None:
-    """Raise :class:`ColumnMapError` if a renamed source column is in none of the files read."""
-    seen = {str(c) for _, raw in read for c in raw.columns}
+def _check_renames(source: FileSourceConfig, columns: Mapping[str, Iterable[str]]) -> None:
+    """Raise :class:`ColumnMapError` if a renamed source column is in none of the files (name -> columns)."""
+    seen = {str(c) for names in columns.values() for c in names}
     absent = [name for name in source.column_map if name not in seen]
-    if read and absent:
+    if columns and absent:
         where = source.column_map_file or "(given in code)"
         raise ColumnMapError(
             f"column map {where}: key 'columns.{absent[0]}': no landing file has a column '{absent[0]}' "
-            f"(files: {', '.join(p.name for p, _ in read)}); all absent: {', '.join(absent)}"
+            f"(files: {', '.join(columns)}); all absent: {', '.join(absent)}"
         )
 
 
-def read_landing(source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path) -> list[tuple[Path, pd.DataFrame]]:
-    """Every landing file, each read once, renamed to the spec's columns, with provenance columns.
+def sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    Raises :class:`UnreadableFile` listing every file that cannot be read (one line each), and
-    :class:`ColumnMapError` when the column map renames a column that no file has.
+
+# -- the landing index -----------------------------------------------------------------------------
+# A landing file is parsed once: its rows are split by period into Parquet slices under the index
+# folder, and the index records which periods the file holds. Both are keyed by the file's content
+# hash, so a rewritten file is parsed again and a renamed one is not. Bump on any change of the
+# slices' or the index's layout.
+INDEX_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class IndexedFile:
+    """What the index knows of one landing file (by content hash)."""
+
+    path: Path
+    sha256: str
+    columns: tuple[str, ...]  # as read, before the column map renames them
+    rows: Mapping[int, int]  # period -> rows
+    labeled_rows: Mapping[int, int]  # period -> rows with a target value (empty without a target column)
+
+
+def _index_key(source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path) -> str:
+    """One index per landing folder and way of reading it: a changed column map reads files anew."""
+    reading = {
+        "format": INDEX_FORMAT,
+        "folder": str(landing_dir.resolve()),
+        "encoding": source.encoding,
+        "delimiter": source.delimiter,
+        "decimal": source.decimal,
+        "column_map": sorted(source.column_map.items()),
+        "date_column": source.date_column,
+        "period_column": spec.period_column,
+        "target": spec.target,
+    }
+    return hashlib.sha256(json.dumps(reading, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _periods(frame: pd.DataFrame, spec: DatasetSpec) -> dict[int, pd.DataFrame]:
+    """The rows of each period (a whole number in the period column), in file order; other rows are dropped."""
+    values = pd.to_numeric(frame[spec.period_column], errors="coerce")
+    numbers = values.dropna().astype(float)
+    whole = numbers[np.isfinite(numbers) & (numbers == np.floor(numbers))]
+    return {int(p): frame[values == p] for p in sorted(whole.unique())}
+
+
+def _restore_missing(slice_: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """A CSV slice as the CSV reader returned it: Parquet gives back a text column's NaN as None."""
+    if path.suffix.lower() != ".csv":
+        return slice_
+    for column in slice_.select_dtypes(include="object").columns:
+        slice_[column] = slice_[column].where(slice_[column].notna(), np.nan)
+    return slice_
+
+
+class LandingIndex:
+    """Which periods each landing file holds, built once per file and kept under ``index_dir``.
+
+    :func:`index_landing` builds it. Files whose content hash the saved index knows are not read
+    again; the others are parsed once, their rows split by period into Parquet slices, and the
+    index is saved (atomically; last writer wins, a lost entry only costs a re-read). Landing
+    files are only read. Without ``index_dir`` nothing is kept and every file is parsed.
     """
-    read: list[tuple[Path, pd.DataFrame]] = []
+
+    def __init__(
+        self,
+        source: FileSourceConfig,
+        spec: DatasetSpec,
+        landing_dir: Path,
+        files: tuple[IndexedFile, ...],
+        index_dir: Path | None,
+        fresh: Mapping[str, dict[int, pd.DataFrame]],
+    ) -> None:
+        self.source = source
+        self.spec = spec
+        self.landing_dir = landing_dir
+        self.files = files
+        self._dir = index_dir
+        self._fresh = dict(fresh)  # sha256 -> period -> rows, of the files parsed by this index
+
+    def periods(self) -> list[int]:
+        """Every period with at least one row across the landing files, ascending."""
+        return sorted({p for f in self.files for p in f.rows})
+
+    def files_with(self, period: int) -> tuple[Path, ...]:
+        """The files holding rows of ``period``, by name; raises :class:`LandingError` if none does."""
+        used = tuple(f.path for f in self.files if f.rows.get(period))
+        if not used:
+            raise LandingError(
+                f"no rows for {self.spec.period_column}={period} in {self.landing_dir} ({self.source.pattern})"
+            )
+        return used
+
+    def read_period(self, period: int) -> Batch:
+        """All rows of ``period`` across the landing files, renamed to the spec's columns.
+
+        Every returned row carries ``source_file`` (the file's name) and ``source_row`` (its line
+        in a CSV file, the header being line 1; its 1-based row in a Parquet file) so that a bad row
+        can be traced back. Raises :class:`LandingError` when no file has rows of the period.
+        """
+        used = self.files_with(period)
+        frames = [self._rows(f, period) for f in self.files if f.path in used]
+        batch = pd.concat(frames, ignore_index=True)
+        logger.info("read %d rows of %s from %s", len(batch), period, ", ".join(p.name for p in used))
+        return Batch(period=period, frame=batch, files=used)
+
+    def _rows(self, file: IndexedFile, period: int) -> pd.DataFrame:
+        fresh = self._fresh.get(file.sha256)
+        if fresh is None:
+            try:
+                fresh = {period: _restore_missing(pd.read_parquet(self._slice(file.sha256, period)), file.path)}
+            except FileNotFoundError:  # removed by a concurrent update of the index: parse the file
+                logger.info("landing index: no slice of %s for %s, reading the file", file.path.name, period)
+                fresh = _parse(self.source, self.spec, file.path)
+                self._fresh[file.sha256] = fresh
+        rows = fresh[period].copy()
+        rows.insert(len(rows.columns) - 1, SOURCE_FILE, file.path.name)  # before source_row
+        return rows
+
+    def _slice(self, sha: str, period: int) -> Path:
+        if self._dir is None:
+            raise FileNotFoundError("no index folder")
+        return self._dir / sha / f"{period}.parquet"
+
+
+def _by_period(raw: pd.DataFrame, source: FileSourceConfig, spec: DatasetSpec, path: Path) -> dict[int, pd.DataFrame]:
+    """A landing file's rows as read, mapped, with ``source_row`` (not ``source_file``: a copy has
+    other names), by period. Raises :class:`UnreadableFile` if the file has no period column."""
+    frame = _map_columns(raw, source, spec, path)
+    frame[SOURCE_ROW] = _row_numbers(path, len(frame))
+    return _periods(frame, spec)
+
+
+def _parse(source: FileSourceConfig, spec: DatasetSpec, path: Path) -> dict[int, pd.DataFrame]:
+    return _by_period(_read(path, source), source, spec, path)
+
+
+def _labeled(by_period: Mapping[int, pd.DataFrame], spec: DatasetSpec) -> dict[int, int]:
+    return {
+        p: int(rows[spec.target].notna().sum())
+        for p, rows in by_period.items()
+        if spec.target in rows.columns and rows[spec.target].notna().any()
+    }
+
+
+def _load_index(folder: Path | None) -> dict[str, Any]:
+    """The saved index of ``folder`` (``files``: name -> hash, ``entries``: hash -> what the file holds)."""
+    empty: dict[str, Any] = {"format": INDEX_FORMAT, "files": {}, "entries": {}}
+    path = None if folder is None else folder / "index.json"
+    if path is None or not path.exists():
+        return empty
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # only a cache: rebuild it
+        logger.warning("landing index %s is unreadable; the landing files are read again", path)
+        return empty
+    return saved if saved.get("format") == INDEX_FORMAT else empty
+
+
+def _save_index(folder: Path, saved: dict[str, Any], landing_dir: Path) -> None:
+    """Keep only the files still in the landing folder and their entries; drop the others' slices."""
+    files = {name: sha for name, sha in saved["files"].items() if (landing_dir / name).is_file()}
+    entries = {sha: entry for sha, entry in saved["entries"].items() if sha in set(files.values())}
+    store.write_text(folder / "index.json", json.dumps({**saved, "files": files, "entries": entries}, indent=1))
+    for stale in set(saved["entries"]) - set(entries):
+        shutil.rmtree(folder / stale, ignore_errors=True)
+
+
+def _write_slices(folder: Path, sha: str, by_period: Mapping[int, pd.DataFrame]) -> bool:
+    """Write a parsed file's rows, one Parquet slice per period; False if Parquet cannot hold them."""
+    import pyarrow
+
+    try:
+        for period, rows in by_period.items():
+            store.write_frame(rows, folder / sha / f"{period}.parquet")
+    except (pyarrow.ArrowException, ValueError, TypeError) as err:  # e.g. two columns renamed alike
+        logger.warning("landing index: rows of hash %s not kept (%s); the file is read each time", sha[:12], err)
+        shutil.rmtree(folder / sha, ignore_errors=True)
+        return False
+    return True
+
+
+def index_landing(
+    source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path, index_dir: Path | None = None
+) -> LandingIndex:
+    """The index of the landing files matching ``source.pattern``; files not indexed yet are parsed once.
+
+    ``index_dir`` is the folder under which indexes are kept (one per landing folder and way of
+    reading it); None keeps nothing, so every file is parsed. Raises :class:`UnreadableFile` listing
+    every file that cannot be read (one line each; its periods cannot be known, so it blocks every
+    period), and :class:`ColumnMapError` when the column map renames a column that no file has.
+    """
+    folder = None if index_dir is None else index_dir / _index_key(source, spec, landing_dir)
+    saved = _load_index(folder)
+    entries: dict[str, dict[str, Any]] = dict(saved["entries"])
+    paths = landing_files(landing_dir, source.pattern)
+    hashes = {path: sha256(path) for path in paths}
+
+    read: dict[Path, pd.DataFrame] = {}
     problems: list[str] = []
-    for path in landing_files(landing_dir, source.pattern):
-        try:
-            read.append((path, _read(path, source)))
-        except UnreadableFile as err:
-            problems.append(str(err))
+    for path in paths:
+        if hashes[path] not in entries:
+            try:
+                read[path] = _read(path, source)
+            except UnreadableFile as err:
+                problems.append(str(err))
     if problems:
         raise UnreadableFile("\n".join(problems))
-    _check_renames(source, read)
-    mapped: list[tuple[Path, pd.DataFrame]] = []
-    for path, raw in read:
+    _check_renames(source, {p.name: read[p].columns if p in read else entries[hashes[p]]["columns"] for p in paths})
+
+    fresh: dict[str, dict[int, pd.DataFrame]] = {}
+    for path, raw in read.items():
         try:
-            frame = _map_columns(raw, source, spec, path)
+            by_period = fresh[hashes[path]] = _by_period(raw, source, spec, path)
         except UnreadableFile as err:
             problems.append(str(err))
             continue
-        frame[SOURCE_FILE] = path.name
-        frame[SOURCE_ROW] = _row_numbers(path, len(frame))
-        mapped.append((path, frame))
+        entries[hashes[path]] = {
+            "columns": [str(c) for c in raw.columns],
+            "rows": {str(p): len(rows) for p, rows in by_period.items()},
+            "labeled_rows": {str(p): n for p, n in _labeled(by_period, spec).items()},
+        }
     if problems:
         raise UnreadableFile("\n".join(problems))
-    return mapped
+    if read:
+        logger.info("landing index: parsed %s", ", ".join(p.name for p in read))
+
+    if folder is not None:
+        kept = {sha for sha in fresh if _write_slices(folder, sha, fresh[sha])}
+        names = {p.name: hashes[p] for p in paths if hashes[p] in saved["entries"] or hashes[p] in kept}
+        if kept or any(saved["files"].get(name) != sha for name, sha in names.items()):
+            saved["entries"].update({sha: entries[sha] for sha in kept})
+            saved["files"].update(names)
+            _save_index(folder, saved, landing_dir)
+
+    files = tuple(
+        IndexedFile(
+            path=p,
+            sha256=hashes[p],
+            columns=tuple(entries[hashes[p]]["columns"]),
+            rows={int(k): int(v) for k, v in entries[hashes[p]]["rows"].items()},
+            labeled_rows={int(k): int(v) for k, v in entries[hashes[p]]["labeled_rows"].items()},
+        )
+        for p in paths
+    )
+    return LandingIndex(source, spec, landing_dir, files, folder, fresh)
 
 
-def read_period(source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path, period: int) -> Batch:
-    """All rows of ``period`` across the landing files, renamed to the spec's columns.
+def read_period(
+    source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path, period: int, index_dir: Path | None = None
+) -> Batch:
+    """All rows of ``period`` across the landing files (see :meth:`LandingIndex.read_period`).
 
-    Every returned row carries ``source_file`` (the file's name) and ``source_row`` (its line in a
-    CSV file, the header being line 1; its 1-based row in a Parquet file) so that a bad row can be
-    traced back. Files without rows of the period are skipped. Raises :class:`UnreadableFile` if
+    Files without rows of the period are not read (once indexed). Raises :class:`UnreadableFile` if
     any landing file cannot be read (whatever the period: see the module docstring), and
     :class:`LandingError` when no file has rows of the period.
     """
-    frames: list[pd.DataFrame] = []
-    used: list[Path] = []
-    for path, frame in read_landing(source, spec, landing_dir):
-        period_values = pd.to_numeric(frame[spec.period_column], errors="coerce")
-        frame = frame[period_values == period]
-        if len(frame):
-            frames.append(frame)
-            used.append(path)
-    if not frames:
-        raise LandingError(f"no rows for {spec.period_column}={period} in {landing_dir} ({source.pattern})")
-    batch = pd.concat(frames, ignore_index=True)
-    logger.info("read %d rows of %s from %s", len(batch), period, ", ".join(p.name for p in used))
-    return Batch(period=period, frame=batch, files=tuple(used))
+    return index_landing(source, spec, landing_dir, index_dir).read_period(period)
 
 
-def available_periods(source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path) -> list[int]:
+def available_periods(
+    source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path, index_dir: Path | None = None
+) -> list[int]:
     """Every period with at least one row across the landing files, ascending."""
-    periods: set[int] = set()
-    for _, frame in read_landing(source, spec, landing_dir):
-        values = pd.to_numeric(frame[spec.period_column], errors="coerce")
-        periods.update(int(v) for v in values[np.isfinite(values)].unique())
-    return sorted(periods)
+    return index_landing(source, spec, landing_dir, index_dir).periods()

@@ -38,6 +38,7 @@ from spotipy.exceptions import SpotifyException, SpotifyOauthError
 from spotipy.oauth2 import SpotifyClientCredentials
 from spotipy.util import Retry
 
+from driftwheel import store
 from driftwheel.config import SEED_COLUMNS, SEED_INT_COLUMNS, SPOTIFY_AUDIO_FEATURES
 from driftwheel.sources.file import LandingError
 
@@ -166,9 +167,7 @@ def fetch_year(
 
     frame = _to_frame(year, tracks, features)
     csv_path = landing_dir / f"tracks_{year}.csv"
-    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(csv_path)
+    store.write_frame(frame, csv_path)
     written.append(csv_path)
     logger.info("landed %d spotify tracks of %d in %s (raw responses in %s)", len(frame), year, csv_path, raw)
     return written
@@ -346,10 +345,7 @@ def _to_frame(year: int, tracks: dict[str, dict[str, Any]], features: dict[str, 
 
 
 def _write_json(path: Path, payload: Any) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, ensure_ascii=False))
-    tmp.replace(path)
-    return path
+    return store.write_text(path, json.dumps(payload, ensure_ascii=False))
 
 
 # -- keeping the secret out of the logs ---------------------------------------------------------
