@@ -649,25 +649,3 @@ def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: 
     row = next(r for r in report.period_table(client, _experiment(settings, client)) if r.year == period)
     logger.info("period %s done: %s", period, row)
     return dataclasses.asdict(row)
-
-
-def run_period(settings: Settings, period: int) -> dict[str, Any]:
-    """All steps of one period in the DAG's order, in this process (for notebooks and benchmarks).
-
-    The DAG runs the same functions as separate tasks; this is not how production runs, only a
-    way to replay the flywheel without a scheduler.
-    """
-    ingest_tracks(settings, period)
-    validate_tracks(settings, period)
-    summary = report_drift(settings, period)
-    run_id, champion = summary["mlflow_run_id"], summary["champion_version"]
-    if decide_retrain(settings, summary).retrain:
-        challenger = retrain_model(settings, period, run_id, champion)
-        gate = evaluate_challenger(settings, period, run_id, challenger["version"], champion, challenger.get("refused"))
-        if gate["passed"]:
-            promote_champion(settings, run_id, challenger["version"], period=period, gated_against=champion, gate=gate)
-        else:
-            reject_challenger(
-                settings, run_id, challenger["version"], gate["reason"], period=period, champion_version=champion, gate=gate
-            )
-    return finish_period(settings, period, run_id)
