@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: lock install demo ui table history test test-unit test-e2e lint clean bench stack stack-down stack-status
+.PHONY: lock install demo replay ui table history test test-unit test-e2e lint clean bench stack stack-down stack-status
 
 # requirements*.txt say what the project needs; requirements.lock pins every package to the versions
 # CI tested (Airflow installs are meant to be constrained), so a fresh machine gets exactly those.
@@ -22,6 +22,9 @@ install: $(BIN)/.installed
 
 demo: install  ## install, then backfill the flywheel over 2008-2020 through the real scheduler
 	$(BIN)/python -m driftwheel demo
+
+replay: install  ## the flywheel's steps over START..END in this process, no Airflow; own state (state/replay)
+	$(BIN)/python -m driftwheel replay $(if $(START),--start $(START)) $(if $(END),--end $(END))
 
 ui: install  ## serve the Airflow UI (:8080) and the MLflow UI (:5000) on the demo's state
 	$(BIN)/python -m driftwheel ui

@@ -3,9 +3,11 @@
     python benchmarks/prequential.py --data CSV --out DIR [--warmup-end 2014] [--last-year 2019]
                                      [--column-map FILE]
 
-For every policy, each period runs through the same library steps as the DAG's tasks
-(ingest, validate, drift, decide, retrain, gate, promote; :mod:`driftwheel.steps`), in a state
-directory of its own (DIR/state/<policy>, with its own MLflow store). A period's score is the
+(``make bench``, or with the venv's python, which finds the library through its .pth file.)
+
+For every policy, the periods run through :func:`driftwheel.replay.replay`: the same library steps
+as the DAG's tasks, in the DAG's order (ingest, validate, drift, decide, retrain, gate, promote;
+:mod:`driftwheel.steps`), in a state directory of its own (DIR/state/<policy>, with its own MLflow store). A period's score is the
 champion's production RMSE, taken by the drift step on the whole period *before* anything is
 trained on its labels. Policies differ only in configuration:
 
@@ -36,25 +38,20 @@ import math
 import os
 import shutil
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+import numpy as np
+
+from driftwheel import evaluate, steps, store
+from driftwheel.config import DriftPolicy, GatePolicy, Settings, TrainingConfig, load_column_map
+from driftwheel.replay import PeriodOutcome, replay
+from driftwheel.sources import file as file_source
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "include") not in sys.path:
-    sys.path.insert(0, str(REPO / "include"))
-
-import numpy as np  # noqa: E402
-
-from driftwheel import evaluate, steps, store  # noqa: E402
-from driftwheel.config import DriftPolicy, GatePolicy, Settings, TrainingConfig, load_column_map  # noqa: E402
-from driftwheel.sources import file as file_source  # noqa: E402
-
 SEED_CSV = REPO.parent / "shared" / "data" / "spotify_seed" / "tracks_2008_2019.csv"
 NEVER = DriftPolicy(max_drift_share=math.inf, retrain_on_target_drift=False, max_rmse_increase=math.inf)
 # The study promoted every model it trained; its policies are replayed without the project's gate.
@@ -141,45 +138,27 @@ def run_policy(policy: Policy, base: Settings, years: list[int]) -> PolicyResult
         )
     )
     result = PolicyResult(policy)
-    for year in years:
-        started = time.perf_counter()
-        out = YearResult(year)
-        steps.ingest_tracks(settings, year)
-        steps.validate_tracks(settings, year)
-        summary = steps.report_drift(settings, year)
-        run_id, champion = summary["mlflow_run_id"], summary["champion_version"]
-        out.production_rmse = summary["production_rmse"]
-        decision = steps.decide_retrain(settings, summary)
-        out.decision = decision.action
-        if decision.retrain:
+
+    def record(outcome: PeriodOutcome) -> None:
+        out = YearResult(outcome.period, outcome.drift["production_rmse"], outcome.decision.action)
+        if outcome.challenger is not None and outcome.gate is not None:
             out.retrained = True
-            step_started = time.perf_counter()
-            challenger = steps.retrain_model(settings, year, run_id, champion)
-            out.step_seconds = time.perf_counter() - step_started
-            out.train_seconds = challenger["train_seconds"]
-            out.feature_seconds = challenger.get("feature_seconds")
-            out.from_scratch = challenger.get("from_scratch")
-            version = challenger["version"]
-            gate = steps.evaluate_challenger(settings, year, run_id, version, champion, challenger.get("refused"))
-            out.challenger_rmse = gate["challenger_rmse"]
-            if gate["passed"]:
-                promotion = steps.promote_champion(
-                    settings, run_id, version, period=year, gated_against=champion, gate=gate
-                )
-                out.promoted = bool(promotion["promoted"])
-            else:
-                steps.reject_challenger(
-                    settings, run_id, version, gate["reason"], period=year, champion_version=champion, gate=gate
-                )
-        steps.finish_period(settings, year, run_id)
-        result.years[year] = out
+            out.step_seconds = outcome.retrain_seconds
+            out.train_seconds = outcome.challenger["train_seconds"]
+            out.feature_seconds = outcome.challenger.get("feature_seconds")
+            out.from_scratch = outcome.challenger.get("from_scratch")
+            out.challenger_rmse = outcome.gate["challenger_rmse"]
+            out.promoted = outcome.promotion is not None and bool(outcome.promotion["promoted"])
+        result.years[out.year] = out
         print(
-            f"{policy.name:<21} {year}  production RMSE {_fmt(out.production_rmse):>6}  {out.decision:<7} "
+            f"{policy.name:<21} {out.year}  production RMSE {_fmt(out.production_rmse):>6}  {out.decision:<7} "
             f"challenger {_fmt(out.challenger_rmse):>6}  promoted {str(out.promoted):<5}  "
             f"train {_fmt(out.train_seconds, 3):>6} s  features {_fmt(out.feature_seconds, 2):>5} s  "
-            f"({time.perf_counter() - started:.1f} s)",
+            f"({outcome.seconds:.1f} s)",
             flush=True,
         )
+
+    replay(settings, years, on_period=record)
     return result
 
 
@@ -188,9 +167,10 @@ def previous_mean(settings: Settings, policy: Policy, years: list[int]) -> Polic
     spec = settings.dataset
     result = PolicyResult(policy)
     for year in years:
-        if not store.has_partition(settings.curated_dir, year - 1):
+        # The gate's baseline, scored on the whole period instead of its held-out split.
+        level = evaluate.baseline_level(settings.curated_dir, year, spec.target)
+        if level is None:
             continue
-        level = float(store.read_partition(settings.curated_dir, year - 1)[spec.target].mean())
         truth = store.read_partition(settings.curated_dir, year)[spec.target]
         result.years[year] = YearResult(year, production_rmse=evaluate.rmse(truth, np.full(len(truth), level)))
         print(f"{policy.name:<21} {year}  production RMSE {result.years[year].production_rmse:6.2f}", flush=True)
@@ -359,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # MLflow's advice on integer columns and input examples repeats for every logged model.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
+    # MLflow draws a progress bar for every model it downloads; the per-year lines are the progress.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from tracks import land, make_tracks
 from driftwheel import ledger, registry, steps, store
 from driftwheel import model as model_lib
 from driftwheel.config import Settings
+from driftwheel.replay import replay
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +32,7 @@ def flywheel(settings: Settings) -> Settings:
     """2010-2012 landed; 2010 (warm-up) and 2011 (cold start, champion v1) have run."""
     for year, level, seed in ((2010, 52, 1), (2011, 52, 0), (2012, 55, 3)):
         land(settings, year, make_tracks(year, n=500, level=level, seed=seed))
-    for year in (2010, 2011):
-        steps.run_period(settings, year)
+    replay(settings, [2010, 2011])
     return settings
 
 
@@ -70,18 +70,18 @@ def test_a_model_predicting_non_finite_values_is_never_registered(
 
 def test_a_tiny_batch_is_not_trained_on_even_when_forced(flywheel: Settings) -> None:
     land(flywheel, 2012, make_tracks(2012, n=5, level=55))
-    row = steps.run_period(dataclasses.replace(flywheel, force_retrain=True), 2012)
-    assert row["decision"] == "skip" and not row["promoted"]
+    (row,) = replay(dataclasses.replace(flywheel, force_retrain=True), [2012])
+    assert row.decision == "skip" and not row.promoted
     assert list(_statuses(flywheel)) == ["1"]
 
 
 def test_a_period_beyond_the_next_one_is_refused_before_it_touches_anything(flywheel: Settings) -> None:
     land(flywheel, 2030, make_tracks(2030, n=500, level=60))
     with pytest.raises(steps.PeriodRefused, match="period 2030 is beyond the next period.*run 2012 first"):
-        steps.run_period(flywheel, 2030)
+        replay(flywheel, [2030])
     assert not (flywheel.curated_dir / "year=2030").exists()
     assert _champion(flywheel) == "1"
-    steps.run_period(flywheel, 2011)  # a rerun of a processed period is fine
+    replay(flywheel, [2011])  # a rerun of a processed period is fine
 
 
 def test_the_next_period_waits_for_the_previous_one_to_finish(flywheel: Settings) -> None:
@@ -93,8 +93,8 @@ def test_the_next_period_waits_for_the_previous_one_to_finish(flywheel: Settings
     with pytest.raises(steps.PeriodRefused, match=r"period 2012 has not finished \(its run backfill__2012.*rerun 2012 first, then 2013"):
         steps.ingest_tracks(flywheel, 2013, run="manual__2013")
     assert not (flywheel.curated_dir / "year=2013").exists() and _champion(flywheel) == "1"
-    steps.run_period(flywheel, 2012)  # the backfill's run of 2012 goes on and finishes
-    steps.run_period(flywheel, 2013)
+    replay(flywheel, [2012])  # the backfill's run of 2012 goes on and finishes
+    replay(flywheel, [2013])
     assert not list(flywheel.curated_dir.rglob(store.IN_PROGRESS))
 
 
@@ -104,8 +104,19 @@ def test_a_failed_period_blocks_the_next_one_until_it_is_rerun(flywheel: Setting
     land(flywheel, 2013, make_tracks(2013, n=500, level=58, seed=4))
     with pytest.raises(steps.PeriodRefused, match="period 2012 has not finished"):
         steps.ingest_tracks(flywheel, 2013)
-    steps.run_period(flywheel, 2012)  # the documented fix: rerun the failed period, then go on
-    assert steps.run_period(flywheel, 2013)["year"] == 2013
+    replay(flywheel, [2012])  # the documented fix: rerun the failed period, then go on
+    assert [row.year for row in replay(flywheel, [2013])] == [2013]
+
+
+
+def test_a_refused_run_leaves_the_finished_run_of_its_period_as_it_was(flywheel: Settings) -> None:
+    # A rerun of 2011 refused at ingest (say, undeclared Params) fails its task; the DAG's failure
+    # callback must not turn 2011's finished period run into a failed one.
+    steps.fail_period(flywheel, 2011, "ingest_tracks failed: run parameters 'x' are not declared")
+    client = _client(flywheel)
+    experiment = client.get_experiment_by_name(flywheel.experiment_name).experiment_id
+    runs = client.search_runs([experiment], "tags.`flywheel.period` = '2011'")
+    assert [r.info.status for r in runs] == ["FINISHED"] and "flywheel.failure" not in runs[0].data.tags
 
 
 def _bad_challenger(settings: Settings, run_id: str) -> str:
@@ -139,10 +150,10 @@ def test_racing_promotions_end_with_the_better_model_whatever_the_order(flywheel
 
 
 def test_a_rerun_appends_to_the_history_and_never_rewrites_it(flywheel: Settings) -> None:
-    first = steps.run_period(dataclasses.replace(flywheel, force_retrain=True), 2012)
-    assert first["promoted"]
-    again = steps.run_period(flywheel, 2012)  # the same inputs: the same version, already champion
-    assert again["promoted"], "the table must still say 2012 promoted"
+    (first,) = replay(dataclasses.replace(flywheel, force_retrain=True), [2012])
+    assert first.promoted
+    (again,) = replay(flywheel, [2012])  # the same inputs: the same version, already champion
+    assert again.promoted, "the table must still say 2012 promoted"
     promotions = [e for e in steps.history(flywheel) if e.action == "promote"]
     assert [e.period for e in promotions] == [2011, 2012]
 

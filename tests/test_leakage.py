@@ -15,6 +15,7 @@ from driftwheel import registry, steps, store
 from driftwheel.config import DatasetSpec, Settings, TrainingConfig, TrendResidualConfig
 from driftwheel.evaluate import rmse
 from driftwheel.model import TrendResidualModel, feature_columns, fine_tune_trend_residual, train_trend_residual
+from driftwheel.replay import replay
 
 CONFIG = TrainingConfig(trend_residual=TrendResidualConfig(ensemble_size=2, epochs=6, fine_tune_epochs=2))
 EVALUATED = 2013
@@ -87,7 +88,7 @@ def test_the_flywheel_scores_a_period_without_its_labels_or_order(settings: Sett
     evaluated_year = 2012  # the fixture's warm-up ends in 2011
     for year in (2010, 2011):
         land(settings, year, _year(year, seed=year))
-        steps.run_period(settings, year)
+    replay(settings, [2010, 2011])
 
     def score(frame: pd.DataFrame) -> float:
         land(settings, evaluated_year, frame)

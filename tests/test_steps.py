@@ -12,6 +12,7 @@ import pytest
 
 from tracks import land, make_tracks
 from driftwheel import registry, steps, store
+from driftwheel.replay import replay
 from driftwheel.config import Settings
 from driftwheel.validate import BatchRejected
 
@@ -35,12 +36,12 @@ def _versions(settings: Settings) -> list[str]:
 )
 def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings, strategy: str, first_strategy: str) -> None:
     flywheel = dataclasses.replace(flywheel, training=dataclasses.replace(flywheel.training, strategy=strategy))
-    rows = [steps.run_period(flywheel, year) for year in (2010, 2011, 2012, 2013)]
-    assert [r["decision"] for r in rows] == ["skip", "retrain", "skip", "retrain"]
-    assert [r["promoted"] for r in rows] == [False, True, False, True]
-    assert [r["champion_version"] for r in rows] == [None, "1", "1", "2"]
+    rows = replay(flywheel, [2010, 2011, 2012, 2013])
+    assert [r.decision for r in rows] == ["skip", "retrain", "skip", "retrain"]
+    assert [r.promoted for r in rows] == [False, True, False, True]
+    assert [r.champion_version for r in rows] == [None, "1", "1", "2"]
     # 2013's level jumped: the champion's production error showed it before retraining.
-    assert rows[3]["production_rmse"] > rows[3]["challenger_rmse"] + 3
+    assert rows[3].production_rmse > rows[3].challenger_rmse + 3
 
     client = registry.connect(flywheel.tracking_uri)
     first, second = client.get_model_version(flywheel.model_name, "1"), client.get_model_version(flywheel.model_name, "2")
@@ -55,12 +56,11 @@ def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings, strategy: str,
 
 
 def test_rerun_of_a_period_reuses_its_version_and_scores_the_model_it_had(flywheel: Settings) -> None:
-    for year in (2010, 2011, 2012, 2013):
-        steps.run_period(flywheel, year)
+    replay(flywheel, [2010, 2011, 2012, 2013])
     before = _versions(flywheel)
-    again = steps.run_period(flywheel, 2013)
+    (again,) = replay(flywheel, [2013])
     assert _versions(flywheel) == before
-    assert again["champion_version"] == "2"
+    assert again.champion_version == "2"
     client = registry.connect(flywheel.tracking_uri)
     # Rerunning 2013 scores v1 (production when 2013 arrived), never v2, which saw 2013's labels.
     assert str(registry.champion_for_period(client, flywheel.model_name, 2013).version) == "1"
@@ -69,8 +69,7 @@ def test_rerun_of_a_period_reuses_its_version_and_scores_the_model_it_had(flywhe
 
 
 def test_gate_rejects_a_worse_challenger_and_keeps_the_champion(flywheel: Settings) -> None:
-    for year in (2010, 2011):
-        steps.run_period(flywheel, year)
+    replay(flywheel, [2010, 2011])
     # A forced retrain with a learning rate far too high yields a challenger worse than the champion.
     reckless = dataclasses.replace(
         flywheel.training,
@@ -78,17 +77,16 @@ def test_gate_rejects_a_worse_challenger_and_keeps_the_champion(flywheel: Settin
         fine_tune_epochs=3,
         trend_residual=dataclasses.replace(flywheel.training.trend_residual, fine_tune_learning_rate=0.5, weight_decay=0.0),
     )
-    row = steps.run_period(dataclasses.replace(flywheel, force_retrain=True, training=reckless), 2012)
-    assert row["decision"] == "retrain" and row["promoted"] is False
-    assert row["challenger_rmse"] > row["production_rmse"]
+    (row,) = replay(dataclasses.replace(flywheel, force_retrain=True, training=reckless), [2012])
+    assert row.decision == "retrain" and row.promoted is False
+    assert row.challenger_rmse > row.production_rmse
     client = registry.connect(flywheel.tracking_uri)
     assert str(registry.champion(client, flywheel.model_name).version) == "1"
     assert client.get_model_version(flywheel.model_name, "2").tags[registry.T_STATUS] == "rejected"
 
 
 def test_bad_batch_is_rejected_and_nothing_is_lost(flywheel: Settings) -> None:
-    for year in (2010, 2011):
-        steps.run_period(flywheel, year)
+    replay(flywheel, [2010, 2011])
     bad = make_tracks(2012, n=500).drop(columns="energy")
     path = land(flywheel, 2012, bad)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from driftwheel import store
 from driftwheel.config import GatePolicy
 
 
@@ -33,6 +35,17 @@ def holdout_mask(ids: pd.Series, fraction: float) -> np.ndarray:
     """
     hashes = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
     return (hashes % 10_000) < int(round(fraction * 10_000))
+
+
+def baseline_level(curated_dir: Path, period: int, target: str, fallback: pd.Series | None = None) -> float | None:
+    """What the naive baseline predicts for every row of ``period``: the previous period's mean label.
+
+    That mean is known before ``period``'s labels are. Without a curated previous period it is the
+    mean of ``fallback`` (the gate passes the period's training split), else None.
+    """
+    if store.has_partition(curated_dir, period - 1):
+        return float(store.read_partition(curated_dir, period - 1)[target].mean())
+    return None if fallback is None else float(fallback.mean())
 
 
 def passes_gate(

@@ -625,7 +625,11 @@ def history(settings: Settings) -> list[Any]:
 
 
 def fail_period(settings: Settings, period: int, reason: str) -> None:
-    """End the period's MLflow run as FAILED (a failed task), with the reason; no-op if it has none."""
+    """End the period's MLflow run as FAILED (a failed task), with the reason.
+
+    Only a run this attempt opened (RUNNING) is failed: a refusal before the run was opened (a
+    period out of order, undeclared Params) leaves an earlier, finished run of the period as it was.
+    """
     from driftwheel import report
 
     client = _client(settings)
@@ -633,7 +637,7 @@ def fail_period(settings: Settings, period: int, reason: str) -> None:
     if experiment is None:
         return
     run_id = report.find_period_run(client, experiment.experiment_id, period)
-    if run_id is not None:
+    if run_id is not None and client.get_run(run_id).info.status == "RUNNING":
         report.record(client, run_id, tags={"flywheel.failure": reason[:500]})
         client.set_terminated(run_id, "FAILED")
 
@@ -661,25 +665,3 @@ def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: 
     row = next(r for r in report.period_table(client, _experiment(settings, client)) if r.year == period)
     logger.info("period %s done: %s", period, row)
     return dataclasses.asdict(row)
-
-
-def run_period(settings: Settings, period: int) -> dict[str, Any]:
-    """All steps of one period in the DAG's order, in this process (for notebooks and benchmarks).
-
-    The DAG runs the same functions as separate tasks; this is not how production runs, only a
-    way to replay the flywheel without a scheduler.
-    """
-    ingest_tracks(settings, period)
-    validate_tracks(settings, period)
-    summary = report_drift(settings, period)
-    run_id, champion = summary["mlflow_run_id"], summary["champion_version"]
-    if decide_retrain(settings, summary).retrain:
-        challenger = retrain_model(settings, period, run_id, champion)
-        gate = evaluate_challenger(settings, period, run_id, challenger["version"], champion, challenger.get("refused"))
-        if gate["passed"]:
-            promote_champion(settings, run_id, challenger["version"], period=period, gated_against=champion, gate=gate)
-        else:
-            reject_challenger(
-                settings, run_id, challenger["version"], gate["reason"], period=period, champion_version=champion, gate=gate
-            )
-    return finish_period(settings, period, run_id)

@@ -4,6 +4,8 @@
   scheduler and dag-processor), backfill the yearly DAG over 2008–2020, print the per-year table.
 * ``ui``: serve the Airflow UI and the MLflow UI on the same state until interrupted.
 * ``table``: print the per-year table of what has run so far.
+* ``replay``: run the same steps over a range of years in this process, without Airflow, and print
+  the same table (:mod:`driftwheel_ops.replay_command`).
 
 Both UIs log in as ``admin`` with passwords generated once and stored (mode 0600) in the state
 directory; they are printed. ``demo`` continues an unfinished backfill (a crash, a failed year):
@@ -25,7 +27,7 @@ import time
 from datetime import date
 
 from driftwheel.config import REPO_ROOT, Settings
-from driftwheel_ops import champion_commands
+from driftwheel_ops import champion_commands, replay_command
 from driftwheel_ops.local_stack import (
     LocalStack,
     MlflowAuthUnavailable,
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     run_ui.add_argument("--end", type=int, default=2020, help="last year the DAG schedules (as in the demo)")
     run_ui.set_defaults(func=ui)
     commands.add_parser("table", help="print the per-year table").set_defaults(func=table)
+    replay_command.add_command(commands)
     champion_commands.add_commands(commands)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -25,6 +25,7 @@ import pytest
 from tracks import land, make_tracks
 from driftwheel import registry, steps
 from driftwheel.config import Settings
+from driftwheel.replay import replay
 
 pytestmark = pytest.mark.e2e
 
@@ -51,8 +52,7 @@ def test_concurrent_promotions_leave_one_champion_and_never_the_worse_model(
     assert flywheel.promotion_lock_uri == uri  # an advisory lock on the registry's server
     for year, level, seed in ((2010, 52, 1), (2011, 52, 0), (2012, 55, 3)):
         land(flywheel, year, make_tracks(year, n=500, level=level, seed=seed))
-    for year in (2010, 2011):
-        steps.run_period(flywheel, year)
+    replay(flywheel, [2010, 2011])
     steps.ingest_tracks(flywheel, 2012)
     steps.validate_tracks(flywheel, 2012)
     summary = steps.report_drift(flywheel, 2012)
