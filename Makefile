@@ -23,7 +23,7 @@ install: $(BIN)/.installed
 demo: install  ## install, then backfill the flywheel over 2008-2020 through the real scheduler
 	$(BIN)/python -m driftwheel demo
 
-replay: install  ## the flywheel's steps over START..END in this process, no Airflow; own state (state/replay)
+replay: install  ## the flywheel's steps over START..END in this process, no Airflow; own state (state/replay/<source>)
 	$(BIN)/python -m driftwheel replay $(if $(START),--start $(START)) $(if $(END),--end $(END))
 
 ui: install  ## serve the Airflow UI (:8080) and the MLflow UI (:5000) on the demo's state

@@ -35,7 +35,7 @@ def test_replay_on_the_synthetic_source_prints_the_demos_table_from_its_own_stat
     replayed = _driftwheel("replay", "--start", "2008", "--end", "2010", env=env)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
 
-    replay_state = tmp_path / "state" / "replay"
+    replay_state = tmp_path / "state" / "replay" / "synthetic"
     assert f"state directory: {replay_state}  (source: synthetic" in replayed.stdout
     assert [p.name for p in (tmp_path / "state").iterdir()] == ["replay"]  # the demo's state is not touched
     assert "  2008: 300 rows, skip; champion none" in replayed.stdout  # progress, one line per year
@@ -77,4 +77,5 @@ def test_replay_on_a_csv_file_takes_its_years_from_the_file_and_never_writes_it(
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "year 2014 failed: period 2014 is beyond the next period" in refused.stdout
     assert "not run: 2015" in refused.stdout
-    assert not (tmp_path / "state" / "replay" / "curated" / "year=2014").exists()
+    assert not (tmp_path / "state" / "replay" / "file" / "curated" / "year=2014").exists()
+    assert (tmp_path / "state" / "replay" / "file" / "curated" / "year=2012").exists()

@@ -2,8 +2,8 @@
 
 A quick look at what the flywheel does with one's data: every year runs through the same steps
 as the DAG's tasks (:func:`driftwheel.replay.replay`), then the per-year table of ``demo`` is
-printed. It keeps its own state directory (default ``<state>/replay``, with a SQLite MLflow store
-inside) so that it never mixes its runs and models with the demo's; it reads the source settings
+printed. It keeps its own state directory (default ``<state>/replay/<source>``, with a SQLite MLflow
+store inside) so that it never mixes its runs and models with the demo's; it reads the source settings
 (``FLYWHEEL_SOURCE``, ``FLYWHEEL_LANDING_DIR``, ``FLYWHEEL_COLUMN_MAP``, ...) from the environment.
 """
 
@@ -32,7 +32,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     command.add_argument(
         "--state-dir",
         type=Path,
-        help="where the replay keeps its data, models and MLflow store (default: <state>/replay)",
+        help="where the replay keeps its data, models and MLflow store (default: <state>/replay/<source>)",
     )
     command.set_defaults(func=run_replay)
 
@@ -43,7 +43,9 @@ def replay_settings(env_settings: Settings, state_dir: Path | None) -> Settings:
     A tracking server or lock configured for the demo or the server stack is not used: a replay
     must not register models next to the production ones.
     """
-    state = (state_dir or env_settings.state_dir / "replay").resolve()
+    # One folder per source: a replay continues in its folder, and a synthetic year must not
+    # become the history of a file source's year.
+    state = (state_dir or env_settings.state_dir / "replay" / env_settings.source).resolve()
     return dataclasses.replace(env_settings, state_dir=state, mlflow_tracking_uri=None, lock_uri=None)
 
 
