@@ -5,6 +5,7 @@ The same steps run under the Airflow scheduler and PostgreSQL in tests/e2e.
 
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -33,9 +34,14 @@ def _versions(settings: Settings) -> list[str]:
 @pytest.mark.parametrize(
     ("strategy", "first_strategy"), [("trend_residual", "trend_residual"), ("transfer", "full")]
 )
-def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings, strategy: str, first_strategy: str) -> None:
+def test_warm_up_cold_start_skip_and_transfer(
+    flywheel: Settings, strategy: str, first_strategy: str, tmp_path: Path
+) -> None:
     flywheel = dataclasses.replace(flywheel, training=dataclasses.replace(flywheel.training, strategy=strategy))
+    global_uri = mlflow.get_tracking_uri()
     rows = [steps.run_period(flywheel, year) for year in (2010, 2011, 2012, 2013)]
+    # The steps pass their client down: MLflow's process-global URIs are left as they were.
+    assert mlflow.get_tracking_uri() == global_uri != flywheel.tracking_uri
     assert [r["decision"] for r in rows] == ["skip", "retrain", "skip", "retrain"]
     assert [r["promoted"] for r in rows] == [False, True, False, True]
     assert [r["champion_version"] for r in rows] == [None, "1", "1", "2"]
@@ -49,7 +55,11 @@ def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings, strategy: str,
     assert second.tags[registry.T_PREVIOUS_CHAMPION] == "1"
 
     # The registered champion predicts from a DataFrame of raw features (extra columns ignored).
-    champion = mlflow.pyfunc.load_model(f"models:/{flywheel.model_name}@champion")
+    version = client.get_model_version_by_alias(flywheel.model_name, "champion")
+    source = client.get_model_version_download_uri(flywheel.model_name, version.version)
+    champion = mlflow.pyfunc.load_model(
+        mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=flywheel.tracking_uri)
+    )
     predictions = champion.predict(make_tracks(2013, n=20, level=62, seed=9))
     assert len(predictions) == 20 and 50 < float(pd.Series(predictions).mean()) < 75
 

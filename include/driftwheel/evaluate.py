@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from driftwheel import store
 from driftwheel.config import GatePolicy
 
 
@@ -33,6 +35,18 @@ def holdout_mask(ids: pd.Series, fraction: float) -> np.ndarray:
     """
     hashes = pd.util.hash_pandas_object(ids.astype(str), index=False).to_numpy()
     return (hashes % 10_000) < int(round(fraction * 10_000))
+
+
+def baseline_level(curated_dir: Path, period: int, current: pd.DataFrame, target: str, held_out: np.ndarray) -> float:
+    """The baseline's prediction for every row of ``period``: the previous period's mean label.
+
+    That mean is known before this period's labels arrive. Without a previous period (the first
+    one) it is the mean label of this period's training split (``~held_out``), never of the rows
+    the gate scores.
+    """
+    if store.has_partition(curated_dir, period - 1):
+        return float(store.read_partition(curated_dir, period - 1)[target].mean())
+    return float(current[~held_out].reset_index(drop=True)[target].mean())
 
 
 def passes_gate(
