@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from tracks import land, make_tracks
-from driftwheel import registry, steps, store
+from driftwheel import evaluate, registry, steps, store
 from driftwheel.config import Settings
 from driftwheel.validate import BatchRejected
 
@@ -109,3 +109,25 @@ def test_bad_batch_is_rejected_and_nothing_is_lost(flywheel: Settings) -> None:
     assert not store.has_partition(flywheel.curated_dir, 2012)
     client = registry.connect(flywheel.tracking_uri)
     assert str(registry.champion(client, flywheel.model_name).version) == "1" and _versions(flywheel) == ["1"]
+
+
+def test_the_gate_judges_the_champion_on_the_predictions_report_drift_kept(flywheel: Settings) -> None:
+    for year in (2010, 2011):
+        steps.run_period(flywheel, year)
+    forced = dataclasses.replace(flywheel, force_retrain=True)
+    steps.ingest_tracks(forced, 2012)
+    steps.validate_tracks(forced, 2012)
+    summary = steps.report_drift(forced, 2012)
+    assert summary["champion_version"] == "1"
+    current = store.read_partition(forced.curated_dir, 2012)
+    (kept,) = (forced.state_dir / "scores" / "year=2012").glob("champion-v1-*.parquet")
+    predictions = pd.read_parquet(kept)["prediction"].to_numpy()
+    assert evaluate.rmse(current["popularity"], predictions) == summary["production_rmse"]
+
+    # The champion scores the period once: the gate reads what report_drift kept (here replaced
+    # by a constant, so a second scoring would show).
+    store.write_atomic(pd.DataFrame({"prediction": [0.0] * len(current)}), kept)
+    challenger = steps.retrain_model(forced, 2012, summary["mlflow_run_id"], "1")
+    gate = steps.evaluate_challenger(forced, 2012, summary["mlflow_run_id"], challenger["version"], "1")
+    held_out = evaluate.holdout_mask(current[forced.dataset.id_column], forced.gate.holdout_fraction)
+    assert gate["champion_rmse"] == evaluate.rmse(current["popularity"][held_out], [0.0] * int(held_out.sum()))
