@@ -168,7 +168,7 @@ def previous_mean(settings: Settings, policy: Policy, years: list[int]) -> Polic
     result = PolicyResult(policy)
     for year in years:
         # The gate's baseline, scored on the whole period instead of its held-out split.
-        level = evaluate.baseline_level(settings.curated_dir, year, spec.target)
+        level = evaluate.previous_level(settings.curated_dir, year, spec.target)
         if level is None:
             continue
         truth = store.read_partition(settings.curated_dir, year)[spec.target]

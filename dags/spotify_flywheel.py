@@ -12,7 +12,9 @@ One run per year: **ingest → validate → drift report → decide → retrain 
 * `decide_retrain` branches to `retrain_model` or `skip_retrain` (pure policy, reason recorded).
 * `retrain_model` fine-tunes the champion (transfer learning) or trains from scratch and
   registers the challenger in MLflow; `evaluate_challenger` gates it against the champion and
-  the previous year's mean on a held-out split; `promote_champion` moves the `champion` alias.
+  the previous year's mean on a held-out split (the champion's predictions are the ones
+  `report_drift` made); `decide_promotion` branches on the gate's result to `promote_champion`
+  (moves the `champion` alias) or `reject_challenger`.
 
 Runs chain in year order (`max_active_runs=1`, `depends_on_past`, and `ingest_tracks` refuses a year whose
 previous year has not finished): each year starts from the model
@@ -156,11 +158,11 @@ def spotify_flywheel() -> None:
 
         return steps.retrain_model(_settings(), summary["period"], summary["mlflow_run_id"], summary["champion_version"])
 
-    @task.branch
-    def evaluate_challenger(summary: dict[str, Any], challenger: dict[str, Any]) -> str:
+    @task
+    def evaluate_challenger(summary: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
         from driftwheel import steps
 
-        gate = steps.evaluate_challenger(
+        return steps.evaluate_challenger(
             _settings(),
             summary["period"],
             summary["mlflow_run_id"],
@@ -168,14 +170,15 @@ def spotify_flywheel() -> None:
             summary["champion_version"],  # resolved once, at the start of the run
             challenger.get("refused"),
         )
-        get_current_context()["ti"].xcom_push(key="gate", value=gate)
+
+    @task.branch
+    def decide_promotion(gate: dict[str, Any]) -> str:
         return "promote_champion" if gate["passed"] else "reject_challenger"
 
     @task
-    def promote_champion(summary: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
+    def promote_champion(summary: dict[str, Any], challenger: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
         from driftwheel import steps
 
-        gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_challenger", key="gate")
         return steps.promote_champion(
             _settings(),
             summary["mlflow_run_id"],
@@ -186,10 +189,9 @@ def spotify_flywheel() -> None:
         )
 
     @task
-    def reject_challenger(summary: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
+    def reject_challenger(summary: dict[str, Any], challenger: dict[str, Any], gate: dict[str, Any]) -> dict[str, Any]:
         from driftwheel import steps
 
-        gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_challenger", key="gate")
         return steps.reject_challenger(
             _settings(),
             summary["mlflow_run_id"],
@@ -210,9 +212,10 @@ def spotify_flywheel() -> None:
     decision = decide_retrain(summary)
     challenger = retrain_model(summary)
     gate = evaluate_challenger(summary, challenger)
-    promoted, rejected, skipped = promote_champion(summary, challenger), reject_challenger(summary, challenger), skip_retrain(summary)
+    promoted, rejected = promote_champion(summary, challenger, gate), reject_challenger(summary, challenger, gate)
+    skipped = skip_retrain(summary)
     decision >> [challenger, skipped]
-    gate >> [promoted, rejected]
+    decide_promotion(gate) >> [promoted, rejected]
     [promoted, rejected, skipped] >> finish_period(summary)
 
 

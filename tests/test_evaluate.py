@@ -1,8 +1,11 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from driftwheel import store
 from driftwheel.config import GatePolicy
-from driftwheel.evaluate import holdout_mask, passes_gate, rmse
+from driftwheel.evaluate import baseline_level, holdout_mask, passes_gate, rmse
 
 
 def test_rmse() -> None:
@@ -58,3 +61,12 @@ def test_the_gate_refuses_a_held_out_split_below_the_minimum() -> None:
     assert not tiny.passed and "0 held-out rows (minimum 50)" in tiny.reason
     assert not passes_gate(4.0, 6.0, 7.0, policy, holdout_rows=49).passed
     assert passes_gate(4.0, 6.0, 7.0, policy, holdout_rows=50).passed
+
+
+def test_baseline_is_the_previous_periods_mean_else_the_training_split(tmp_path: Path) -> None:
+    current = pd.DataFrame({"popularity": [10.0, 20.0, 30.0, 90.0]})
+    held_out = np.array([False, False, False, True])
+    # No previous period: the mean of this period's training rows, never of the rows the gate scores.
+    assert baseline_level(tmp_path, 2012, current, "popularity", held_out) == 20.0
+    store.write_partition(tmp_path, 2011, pd.DataFrame({"popularity": [40.0, 60.0]}))
+    assert baseline_level(tmp_path, 2012, current, "popularity", held_out) == 50.0

@@ -99,6 +99,6 @@ def test_the_flywheel_scores_a_period_without_its_labels_or_order(settings: Sett
     evaluated = _year(evaluated_year, seed=99)
     assert score(evaluated.sample(frac=1.0, random_state=4)) == pytest.approx(score(evaluated), abs=1e-6)
     client = registry.connect(settings.tracking_uri)
-    champion = registry.load_trained(registry.champion_for_period(client, settings.model_name, evaluated_year))
+    champion = registry.load_trained(client, registry.champion_for_period(client, settings.model_name, evaluated_year))
     curated = store.read_partition(settings.curated_dir, evaluated_year)
     np.testing.assert_array_equal(champion.predict(curated), champion.predict(curated.assign(popularity=1)))

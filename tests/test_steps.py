@@ -5,13 +5,14 @@ The same steps run under the Airflow scheduler and PostgreSQL in tests/e2e.
 
 import dataclasses
 import hashlib
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
 from tracks import land, make_tracks
-from driftwheel import registry, steps, store
+from driftwheel import evaluate, registry, steps, store
 from driftwheel.replay import replay
 from driftwheel.config import Settings
 from driftwheel.validate import BatchRejected
@@ -34,9 +35,14 @@ def _versions(settings: Settings) -> list[str]:
 @pytest.mark.parametrize(
     ("strategy", "first_strategy"), [("trend_residual", "trend_residual"), ("transfer", "full")]
 )
-def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings, strategy: str, first_strategy: str) -> None:
+def test_warm_up_cold_start_skip_and_transfer(
+    flywheel: Settings, strategy: str, first_strategy: str, tmp_path: Path
+) -> None:
     flywheel = dataclasses.replace(flywheel, training=dataclasses.replace(flywheel.training, strategy=strategy))
+    global_uri = mlflow.get_tracking_uri()
     rows = replay(flywheel, [2010, 2011, 2012, 2013])
+    # The steps pass their client down: MLflow's process-global URIs are left as they were.
+    assert mlflow.get_tracking_uri() == global_uri != flywheel.tracking_uri
     assert [r.decision for r in rows] == ["skip", "retrain", "skip", "retrain"]
     assert [r.promoted for r in rows] == [False, True, False, True]
     assert [r.champion_version for r in rows] == [None, "1", "1", "2"]
@@ -50,7 +56,11 @@ def test_warm_up_cold_start_skip_and_transfer(flywheel: Settings, strategy: str,
     assert second.tags[registry.T_PREVIOUS_CHAMPION] == "1"
 
     # The registered champion predicts from a DataFrame of raw features (extra columns ignored).
-    champion = mlflow.pyfunc.load_model(f"models:/{flywheel.model_name}@champion")
+    version = client.get_model_version_by_alias(flywheel.model_name, "champion")
+    source = client.get_model_version_download_uri(flywheel.model_name, version.version)
+    champion = mlflow.pyfunc.load_model(
+        mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path), tracking_uri=flywheel.tracking_uri)
+    )
     predictions = champion.predict(make_tracks(2013, n=20, level=62, seed=9))
     assert len(predictions) == 20 and 50 < float(pd.Series(predictions).mean()) < 75
 
@@ -97,3 +107,24 @@ def test_bad_batch_is_rejected_and_nothing_is_lost(flywheel: Settings) -> None:
     assert not store.has_partition(flywheel.curated_dir, 2012)
     client = registry.connect(flywheel.tracking_uri)
     assert str(registry.champion(client, flywheel.model_name).version) == "1" and _versions(flywheel) == ["1"]
+
+
+def test_the_gate_judges_the_champion_on_the_predictions_report_drift_kept(flywheel: Settings) -> None:
+    replay(flywheel, [2010, 2011])
+    forced = dataclasses.replace(flywheel, force_retrain=True)
+    steps.ingest_tracks(forced, 2012)
+    steps.validate_tracks(forced, 2012)
+    summary = steps.report_drift(forced, 2012)
+    assert summary["champion_version"] == "1"
+    current = store.read_partition(forced.curated_dir, 2012)
+    (kept,) = (forced.state_dir / "scores" / "year=2012").glob("champion-v1-*.parquet")
+    predictions = pd.read_parquet(kept)["prediction"].to_numpy()
+    assert evaluate.rmse(current["popularity"], predictions) == summary["production_rmse"]
+
+    # The champion scores the period once: the gate reads what report_drift kept (here replaced
+    # by a constant, so a second scoring would show).
+    store.write_atomic(pd.DataFrame({"prediction": [0.0] * len(current)}), kept)
+    challenger = steps.retrain_model(forced, 2012, summary["mlflow_run_id"], "1")
+    gate = steps.evaluate_challenger(forced, 2012, summary["mlflow_run_id"], challenger["version"], "1")
+    held_out = evaluate.holdout_mask(current[forced.dataset.id_column], forced.gate.holdout_fraction)
+    assert gate["champion_rmse"] == evaluate.rmse(current["popularity"][held_out], [0.0] * int(held_out.sum()))

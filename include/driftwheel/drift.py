@@ -13,9 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from evidently import Report
-from evidently.metrics import ValueDrift
-from evidently.presets import DataDriftPreset
 
 from driftwheel import store
 
@@ -43,6 +40,19 @@ def _is_drifted(metric: dict[str, Any]) -> bool:
     return value >= float(config["threshold"])
 
 
+def reference_periods(champion_periods: list[int] | None, available: list[int], period: int) -> list[int]:
+    """The periods a new period's drift is measured against.
+
+    The champion's training periods when there is a champion (drift that matters is drift from
+    what the model in production learnt); before the first champion, the latest curated period
+    before ``period``; nothing for the very first period.
+    """
+    if champion_periods is not None:
+        return list(champion_periods)
+    return [p for p in available if p < period][-1:]
+
+
+
 def drift_report(
     current: pd.DataFrame,
     reference: pd.DataFrame,
@@ -54,6 +64,11 @@ def drift_report(
 
     Only ``features`` and ``target`` are compared: ids, names and row order are not data to drift on.
     """
+    # Evidently takes seconds to import: only a drift report pays for it.
+    from evidently import Report
+    from evidently.metrics import ValueDrift
+    from evidently.presets import DataDriftPreset
+
     columns = [f for f in features if f in current.columns and f in reference.columns]
     report = Report([DataDriftPreset(columns=columns), ValueDrift(column=target)])
     snapshot = report.run(current[[*columns, target]], reference[[*columns, target]])

@@ -37,15 +37,22 @@ def holdout_mask(ids: pd.Series, fraction: float) -> np.ndarray:
     return (hashes % 10_000) < int(round(fraction * 10_000))
 
 
-def baseline_level(curated_dir: Path, period: int, target: str, fallback: pd.Series | None = None) -> float | None:
-    """What the naive baseline predicts for every row of ``period``: the previous period's mean label.
-
-    That mean is known before ``period``'s labels are. Without a curated previous period it is the
-    mean of ``fallback`` (the gate passes the period's training split), else None.
-    """
+def previous_level(curated_dir: Path, period: int, target: str) -> float | None:
+    """The previous period's mean label (known before ``period``'s labels are); None without one."""
     if store.has_partition(curated_dir, period - 1):
         return float(store.read_partition(curated_dir, period - 1)[target].mean())
-    return None if fallback is None else float(fallback.mean())
+    return None
+
+
+def baseline_level(curated_dir: Path, period: int, current: pd.DataFrame, target: str, held_out: np.ndarray) -> float:
+    """The baseline's prediction for every row of ``period``: the previous period's mean label.
+
+    That mean is known before this period's labels arrive. Without a previous period (the first
+    one) it is the mean label of this period's training split (``~held_out``), never of the rows
+    the gate scores.
+    """
+    previous = previous_level(curated_dir, period, target)
+    return previous if previous is not None else float(current[~held_out].reset_index(drop=True)[target].mean())
 
 
 def passes_gate(

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import pandas as pd
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model, infer_signature
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 
@@ -67,9 +68,11 @@ class PopularityModel(PythonModel):
 
 
 def connect(tracking_uri: str) -> MlflowClient:
-    """A client for ``tracking_uri``; also points the fluent API (used to log models) at it."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    """A client for ``tracking_uri`` (tracking and registry alike); MLflow's global URIs are left alone.
+
+    Build it once at the edge (a step, the CLI) and pass it down: everything here that reads or
+    writes MLflow takes the client and uses its URIs explicitly.
+    """
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -123,17 +126,31 @@ def log_and_register(
     """
     # The signature takes the curated dtypes (validation coerces them), e.g. integer `key`.
     signature = infer_signature(example[list(trained.input_columns)])
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+    # What mlflow.pyfunc.log_model does, through this client rather than MLflow's global URIs: a
+    # logged model of the run, saved locally, uploaded to the logged model's artifact location.
+    experiment_id = client.get_run(run_id).info.experiment_id
+    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    with tempfile.TemporaryDirectory() as tmp:
         from driftwheel import model as model_lib
 
-        files = model_lib.save(trained, Path(tmp))
-        info = mlflow.pyfunc.log_model(
-            name="model",
+        files = model_lib.save(trained, Path(tmp) / "files")
+        local = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(
+            path=str(local),
             python_model=str(_MODEL_CODE),
             artifacts={k: str(v) for k, v in files.items()},
             signature=signature,
             pip_requirements=_pip_requirements(),
+            mlflow_model=Model(
+                artifact_path=logged.artifact_location,
+                model_uuid=logged.model_id,
+                run_id=run_id,
+                model_id=logged.model_id,
+            ),
         )
+        client.log_model_artifacts(logged.model_id, str(local))
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
     # The version is created with its tags, fingerprint included, in one call: there is no moment
     # at which it exists untagged, so a retry after a crash (kill -9) finds it by fingerprint
     # instead of registering a second one. A crash before this call leaves only a logged model.
@@ -142,18 +159,35 @@ def log_and_register(
     except MlflowException as err:
         if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
+    # The source is the logged model's storage location, not ``models:/<model_id>``: MLflow's SQL
+    # registry resolves the latter through the process-global tracking URI.
     version = client.create_model_version(
-        name, info.model_uri, run_id=run_id, tags={**tags, T_STATUS: CHALLENGER}, model_id=info.model_id
+        name, logged.artifact_location, run_id=run_id, tags={**tags, T_STATUS: CHALLENGER}, model_id=logged.model_id
     )
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     logger.info("registered %s version %s from run %s", name, version.version, run_id)
     return client.get_model_version(name, version.version)
 
 
-def load_trained(version: ModelVersion) -> model_lib.AnyModel:
-    """The model object of a registered version, for scoring or fine-tuning."""
-    loaded = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
-    return loaded.unwrap_python_model()._model
+def _download(client: MlflowClient, version: ModelVersion, dst: Path, path: str = "") -> Path:
+    """Download the files of a registered version (or one of them) from the client's store into ``dst``."""
+    source = client.get_model_version_download_uri(version.name, str(version.version)).rstrip("/")
+    uri = f"{source}/{path}" if path else source
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri))
+
+
+def load_trained(client: MlflowClient, version: ModelVersion) -> model_lib.AnyModel:
+    """The model object of a registered version, for scoring or fine-tuning, read through ``client``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = mlflow.pyfunc.load_model(str(_download(client, version, Path(tmp))))
+        return loaded.unwrap_python_model()._model
+
+
+def input_columns(client: MlflowClient, version: ModelVersion) -> list[str]:
+    """The input columns of a registered version's logged signature (its MLmodel file); no model is loaded."""
+    with tempfile.TemporaryDirectory() as tmp:
+        signature = Model.load(str(_download(client, version, Path(tmp), "MLmodel"))).signature
+    return signature.inputs.input_names() if signature is not None else []
 
 
 @dataclass(frozen=True)

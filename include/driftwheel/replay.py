@@ -69,6 +69,7 @@ def replay_period(settings: Settings, period: int) -> PeriodOutcome:
             step = "evaluate_challenger"
             version = challenger["version"]
             gate = steps.evaluate_challenger(settings, period, run_id, version, champion, challenger.get("refused"))
+            step = "decide_promotion"  # the DAG's branch: it only maps the gate to the next task
             if gate["passed"]:
                 step = "promote_champion"
                 promotion = steps.promote_champion(

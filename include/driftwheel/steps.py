@@ -1,6 +1,8 @@
 """The flywheel's steps, one function per DAG task, each returning a small JSON-able dict.
 
-These compose the stage modules; the DAG tasks and the benchmark call them alike.
+These compose the stage modules; the DAG tasks, the in-process replay and the benchmark call them
+alike. A step is an edge: it builds the one MLflow client it needs from the settings and passes
+it to every helper below it (nothing relies on MLflow's process-global URIs).
 Every step is keyed by the period and idempotent: a rerun overwrites its artifacts, logs into the
 same MLflow run and reuses a model version trained from the same inputs.
 
@@ -11,10 +13,8 @@ imported only by the steps that use them: ingesting and validating a batch needs
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,10 +25,10 @@ from driftwheel.config import Settings
 from driftwheel.decide import Decision, DriftSummary
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
-    from driftwheel.model import AnyModel, TrendResidualModel
-
+    from driftwheel.registry import Door
     from driftwheel.sources.spotify import SpotifyCredentials
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 # -- shared plumbing ---------------------------------------------------------------------------
 def _client(settings: Settings) -> MlflowClient:
+    """The step's MLflow client: built once at the top of a step, passed to every helper."""
     from driftwheel import registry
 
     return registry.connect(settings.tracking_uri)
@@ -59,7 +60,7 @@ def _training_periods(version: Any) -> list[int]:
     return [int(p) for p in version.tags[registry.T_TRAINING_PERIODS].split(",")]
 
 
-def _door(settings: Settings) -> Any:
+def _door(settings: Settings) -> Door:
     from driftwheel import ledger, registry
 
     return registry.Door(settings.promotion_lock_uri, ledger.experiment_name(settings.experiment_name))
@@ -93,12 +94,6 @@ def check_period(settings: Settings, period: int) -> None:
         )
 
 
-def _split(frame: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, holdout) of a period, split by a hash of the row id."""
-    mask = evaluate.holdout_mask(frame[settings.dataset.id_column], settings.gate.holdout_fraction)
-    return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
-
-
 # -- ingest and validate -------------------------------------------------------------------------
 def ingest_tracks(
     settings: Settings, period: int, credentials: SpotifyCredentials | None = None, run: str | None = None
@@ -116,20 +111,17 @@ def ingest_tracks(
     return {"period": period, "landing_dir": str(landed.landing_dir), "files": [p.name for p in landed.files]}
 
 
-def _champion_inputs(settings: Settings, period: int) -> tuple[str, list[str]] | None:
+def _champion_inputs(client: MlflowClient, settings: Settings, period: int) -> tuple[str, list[str]] | None:
     """(version, input columns) of the model in production when ``period`` arrived; None without one.
 
     The columns come from the version's logged signature (its MLmodel file): no model is loaded.
     """
-    from mlflow.models import get_model_info
-
     from driftwheel import registry
 
-    champion = registry.champion_for_period(_client(settings), settings.model_name, period)
+    champion = registry.champion_for_period(client, settings.model_name, period)
     if champion is None:
         return None
-    signature = get_model_info(f"models:/{champion.name}/{champion.version}").signature
-    return str(champion.version), (signature.inputs.input_names() if signature is not None else [])
+    return str(champion.version), registry.input_columns(client, champion)
 
 
 def validate_tracks(settings: Settings, period: int) -> dict[str, Any]:
@@ -147,7 +139,7 @@ def validate_tracks(settings: Settings, period: int) -> dict[str, Any]:
         logger.warning("batch %s rejected; %d bad rows quarantined at %s", period, len(rejected.quarantined), path)
         raise
     quarantine = store.write_quarantine(settings.quarantine_dir, period, result.quarantined)
-    champion = _champion_inputs(settings, period)
+    champion = _champion_inputs(_client(settings), settings, period)
     if champion is not None:
         files = ", ".join(p.name for p in batch.files)
         validate.require_features(result.valid.columns, champion[1], champion[0], f"{period} batch ({files})")
@@ -163,12 +155,48 @@ def validate_tracks(settings: Settings, period: int) -> dict[str, Any]:
 
 
 # -- drift and decision --------------------------------------------------------------------------
+def _scores_path(settings: Settings, period: int, version: str, current: pd.DataFrame) -> Path:
+    """Where the champion's predictions for the period's curated rows are kept.
+
+    The name holds the version and a hash of the rows scored: a rerun after a data fix, or another
+    champion, never finds predictions of other rows or of another model.
+    """
+    digest = int(pd.util.hash_pandas_object(current, index=False).sum()) & (2**63 - 1)
+    return store.partition_path(settings.state_dir / "scores", period, f"champion-v{version}-{digest:016x}.parquet")
+
+
+def _keep_champion_scores(settings: Settings, period: int, version: str, current: pd.DataFrame, predictions: np.ndarray) -> None:
+    """Keep the champion's predictions of the period (atomically) for the gate; drop older ones."""
+    path = _scores_path(settings, period, version, current)
+    store.write_frame(pd.DataFrame({"prediction": np.asarray(predictions, dtype=float)}), path)
+    for stale in path.parent.glob("champion-v*.parquet"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+
+
+def _champion_predictions(
+    client: MlflowClient, settings: Settings, period: int, champion: ModelVersion, current: pd.DataFrame
+) -> np.ndarray:
+    """The champion's predictions for every row of ``current``: those :func:`report_drift` kept,
+    else (another champion than the run's, a file lost) the model loaded and scored now."""
+    from driftwheel import registry
+
+    path = _scores_path(settings, period, str(champion.version), current)
+    if path.exists():
+        return pd.read_parquet(path)["prediction"].to_numpy()
+    logger.info("period %s: scoring champion v%s (no kept predictions at %s)", period, champion.version, path)
+    return np.asarray(registry.load_trained(client, champion).predict(current), dtype=float)
+
+
 def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Drift of the period against the champion's training data, and the champion's production RMSE.
 
-    The champion is scored on the whole new period before anything is trained on it. Returns the
-    :class:`DriftSummary` fields plus the MLflow run id of the period and the report's path.
+    The champion is scored on the whole new period before anything is trained on it; its
+    predictions are kept (under the state's ``scores/year=<period>``) for the gate. The reference
+    periods are :func:`driftwheel.drift.reference_periods`. Returns the :class:`DriftSummary`
+    fields plus the MLflow run id of the period and the report's path.
     """
+    from driftwheel import drift as drift_lib
     from driftwheel import registry, report
 
     client = _client(settings)
@@ -177,18 +205,13 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
     spec = settings.dataset
     champion = registry.champion_for_period(client, settings.model_name, period)
 
-    if champion is not None:
-        reference_periods = _training_periods(champion)
-    else:
-        earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
-        reference_periods = earlier[-1:]
+    reference_periods = drift_lib.reference_periods(
+        _training_periods(champion) if champion is not None else None, store.available_periods(settings.curated_dir), period
+    )
     drift = None
     if reference_periods:
         reference = store.read_partitions(settings.curated_dir, reference_periods)
-        # Evidently takes seconds to import; only this step needs it.
-        from driftwheel.drift import drift_report
-
-        drift = drift_report(
+        drift = drift_lib.drift_report(
             current, reference, _features(current, settings), spec.target, settings.reports_dir / f"year={period}"
         )
         client.log_artifact(run_id, str(drift.html_path), "drift")
@@ -197,8 +220,10 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
     production_rmse = None
     holdout_rmse = None
     if champion is not None:
-        model = registry.load_trained(champion)
-        production_rmse = evaluate.rmse(current[spec.target], model.predict(current))
+        # The champion scores the period once: the gate judges it on these predictions too.
+        predictions = np.asarray(registry.load_trained(client, champion).predict(current), dtype=float)
+        _keep_champion_scores(settings, period, str(champion.version), current, predictions)
+        production_rmse = evaluate.rmse(current[spec.target], predictions)
         holdout_rmse = float(champion.tags[registry.T_HOLDOUT_RMSE]) if registry.T_HOLDOUT_RMSE in champion.tags else None
 
     summary = DriftSummary(
@@ -261,127 +286,6 @@ def decide_retrain(settings: Settings, drift_summary: dict[str, Any]) -> Decisio
 
 
 # -- retrain, gate, promote ------------------------------------------------------------------------
-def _fingerprint(train: pd.DataFrame, **inputs: Any) -> str:
-    data_hash = int(pd.util.hash_pandas_object(train, index=False).sum()) & (2**63 - 1)
-    payload = json.dumps({"data": data_hash, **inputs}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
-
-
-def _trend_residual_inputs(
-    settings: Settings, period: int, parent_model: AnyModel | None
-) -> tuple[pd.DataFrame, np.ndarray, list[int], TrendResidualModel | None]:
-    """(labelled periods, rows to fit, their periods, the model to fine-tune or None).
-
-    Fine-tuning, the labelled frame holds the periods up to ``period`` that the parent's label
-    history lacks (a skipped period is caught up) and ``period`` itself; from scratch, every
-    period since ``warmup_start``. The period's held-out rows are labelled history for later
-    periods but never fitted: the gate scores them.
-    """
-    from driftwheel import model as model_lib
-
-    cfg = settings.training
-    available = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p <= period]
-    warm = parent_model if isinstance(parent_model, model_lib.TrendResidualModel) and cfg.trend_residual.fine_tune else None
-    if warm is not None:
-        known = set(warm.history.periods)
-        periods = sorted({p for p in available if p not in known and p < period} | {period})
-    else:
-        periods = sorted(set(available) | {period})
-    labelled = store.read_partitions(settings.curated_dir, periods)
-    in_period = (labelled[settings.dataset.period_column] == period).to_numpy()
-    held_out = evaluate.holdout_mask(labelled[settings.dataset.id_column], settings.gate.holdout_fraction)
-    return labelled, ~(in_period & held_out), periods, warm
-
-
-@dataclasses.dataclass(frozen=True)
-class _TrainingPlan:
-    """What a retrain will fit, known before any training: enough to find an identical version."""
-
-    strategy: str
-    fingerprint: str
-    training_periods: list[int]
-    train_rows: int
-    example: pd.DataFrame  # a few training rows: the model's input signature
-    from_scratch: bool
-    train: Callable[[], AnyModel]
-
-
-def _plan_trend_residual(settings: Settings, period: int, parent: Any, parent_model: AnyModel | None) -> _TrainingPlan:
-    from driftwheel import model as model_lib
-
-    labelled, fit, training_periods, warm_parent = _trend_residual_inputs(settings, period, parent_model)
-    cfg = settings.training
-
-    def train() -> AnyModel:
-        if warm_parent is not None:
-            return model_lib.fine_tune_trend_residual(warm_parent, labelled, fit, cfg)
-        return model_lib.train_trend_residual(labelled, fit, model_lib.feature_columns(settings.dataset, labelled), cfg)
-
-    fingerprint = _fingerprint(
-        labelled.assign(_fit=fit),
-        period=period,
-        strategy="trend_residual",
-        parent=str(parent.version) if parent and warm_parent else None,
-        training=dataclasses.asdict(cfg),
-        dataset=dataclasses.asdict(settings.dataset),
-    )
-    return _TrainingPlan("trend_residual", fingerprint, training_periods, int(fit.sum()), labelled.head(5), warm_parent is None, train)
-
-
-def _plan_study_net(settings: Settings, period: int, parent: Any, parent_model: AnyModel | None) -> _TrainingPlan:
-    """The study's network: ``transfer`` fine-tunes the champion, ``full`` (and a cold start) trains anew."""
-    from driftwheel import model as model_lib
-
-    spec, cfg = settings.dataset, settings.training
-    current = store.read_partition(settings.curated_dir, period)
-    latest_train, _ = _split(current, settings)
-    rows = latest_train
-    features = _features(current, settings)
-
-    strategy = cfg.strategy if isinstance(parent_model, model_lib.TrainedModel) else "full"
-    training_periods = [period]
-    if strategy == "full":
-        earlier = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p < period]
-        if parent is None and earlier:
-            rows = pd.concat([store.read_partitions(settings.curated_dir, earlier), latest_train], ignore_index=True)
-            training_periods = [*earlier, period]
-    elif strategy == "transfer" and cfg.replay_share > 0:
-        earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
-        if earlier:
-            pool = store.read_partitions(settings.curated_dir, earlier)
-            replay = pool.sample(n=min(len(pool), int(cfg.replay_share * len(latest_train))), random_state=cfg.seed)
-            rows = pd.concat([latest_train, replay], ignore_index=True)
-    if (
-        strategy == "transfer"
-        and isinstance(parent_model, model_lib.TrainedModel)
-        and not set(parent_model.preprocessing.features) <= set(features)
-    ):
-        logger.warning("period %s lacks features of the champion; training from scratch instead", period)
-        strategy = "full"
-
-    def train() -> AnyModel:
-        if strategy == "transfer" and isinstance(parent_model, model_lib.TrainedModel):
-            return model_lib.fine_tune(parent_model, rows, spec.target, cfg)
-        trained = model_lib.train_full(rows, features, spec.target, cfg)
-        if len(training_periods) > 1:
-            # The pooled warm-up years sit at older label levels; adapting the head to the
-            # newest period's training split starts production at the current level.
-            adapted = model_lib.fine_tune(trained, latest_train, spec.target, cfg)
-            adapted.train_seconds += trained.train_seconds
-            adapted.strategy = "full"
-            return adapted
-        return trained
-
-    fingerprint = _fingerprint(
-        rows[[spec.id_column, *features, spec.target]],
-        period=period,
-        strategy=strategy,
-        parent=str(parent.version) if parent else None,
-        training=dataclasses.asdict(cfg),
-    )
-    return _TrainingPlan(strategy, fingerprint, training_periods, len(rows), rows.head(5), strategy == "full", train)
-
-
 def retrain_model(settings: Settings, period: int, run_id: str, champion_version: str | None = None) -> dict[str, Any]:
     """Train a challenger for ``period`` and register it (alias ``challenger``).
 
@@ -398,13 +302,12 @@ def retrain_model(settings: Settings, period: int, run_id: str, champion_version
     A model that predicts a non-finite value for any held-out row of the period is not
     registered: the result then has ``version`` None and the reason in ``refused``.
     """
-    from driftwheel import registry, report
+    from driftwheel import planners, registry, report
 
     client = _client(settings)
     parent = client.get_model_version(settings.model_name, champion_version) if champion_version else None
-    parent_model = registry.load_trained(parent) if parent is not None else None
-    planner = _plan_trend_residual if settings.training.strategy == "trend_residual" else _plan_study_net
-    plan = planner(settings, period, parent, parent_model)
+    parent_model = registry.load_trained(client, parent) if parent is not None else None
+    plan = planners.plan(settings, period, parent, parent_model)
 
     existing = registry.find_version(client, settings.model_name, plan.fingerprint)
     if existing is not None:
@@ -470,13 +373,26 @@ def evaluate_challenger(
 ) -> dict[str, Any]:
     """The gate on the period's held-out split: challenger vs the run's champion vs baseline.
 
-    ``champion_version`` is the champion the run resolved at its start. The baseline predicts
-    the previous period's mean label (known before this period's labels). A challenger that was
-    not registered (``version`` None, ``refused`` says why) fails the gate with that reason.
+    ``champion_version`` is the champion the run resolved at its start; its predictions are the
+    ones :func:`report_drift` kept. The baseline is :func:`driftwheel.evaluate.baseline_level`.
+    A challenger that was not registered (``version`` None, ``refused`` says why) fails the gate
+    with that reason. Returns the :class:`~driftwheel.evaluate.GateResult` fields, the number of
+    held-out rows and the version.
     """
+    return _gate(_client(settings), settings, period, run_id, version, champion_version, refused)
+
+
+def _gate(
+    client: MlflowClient,
+    settings: Settings,
+    period: int,
+    run_id: str,
+    version: str | None,
+    champion_version: str | None,
+    refused: str | None = None,
+) -> dict[str, Any]:
     from driftwheel import registry, report
 
-    client = _client(settings)
     if version is None:
         reason = f"no challenger: {refused or 'none was registered'}"
         report.record(client, run_id, tags={report.T_GATE: "rejected", report.T_GATE_REASON: reason[:500]})
@@ -490,14 +406,14 @@ def evaluate_challenger(
     # Models score the whole period and are judged on its held-out rows: batch features (tracks
     # per artist in the batch) describe the period as it arrived, not a fifth of it.
     challenger_version = client.get_model_version(settings.model_name, version)
-    challenger_rmse = evaluate.rmse(y, registry.load_trained(challenger_version).predict(current)[held_out])
+    challenger_rmse = evaluate.rmse(y, registry.load_trained(client, challenger_version).predict(current)[held_out])
     champion = client.get_model_version(settings.model_name, champion_version) if champion_version else None
-    champion_rmse = evaluate.rmse(y, registry.load_trained(champion).predict(current)[held_out]) if champion else None
-
-    if store.has_partition(settings.curated_dir, period - 1):
-        baseline_level = float(store.read_partition(settings.curated_dir, period - 1)[spec.target].mean())
-    else:
-        baseline_level = float(_split(current, settings)[0][spec.target].mean())
+    champion_rmse = (
+        evaluate.rmse(y, _champion_predictions(client, settings, period, champion, current)[held_out])
+        if champion
+        else None
+    )
+    baseline_level = evaluate.baseline_level(settings.curated_dir, period, current, spec.target, held_out)
     baseline_rmse = evaluate.rmse(y, np.full(len(y), baseline_level))
 
     gate = evaluate.passes_gate(challenger_rmse, champion_rmse, baseline_rmse, settings.gate, holdout_rows=len(y))
@@ -563,12 +479,10 @@ def promote_champion(
         if promotion.promoted or promotion.moved_to is None or period is None:
             break
         gated_against = promotion.moved_to
-        gate = evaluate_challenger(settings, period, run_id, version, gated_against)
+        gate = _gate(client, settings, period, run_id, version, gated_against)
         if not gate["passed"]:
             reason = f"gated again against v{gated_against}, which was promoted meanwhile: {gate['reason']}"
-            reject_challenger(
-                settings, run_id, version, reason, period=period, champion_version=gated_against, gate=gate
-            )
+            _reject(client, settings, run_id, version, reason, period=period, champion_version=gated_against, gate=gate)
             promotion = dataclasses.replace(promotion, reason=reason)
             break
     report.record(client, run_id, tags={report.T_PROMOTED: promotion.promoted, "flywheel.promotion": promotion.reason})
@@ -589,9 +503,25 @@ def reject_challenger(
     champion_version: str | None = None,
     gate: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Mark the challenger rejected (with the reason) and append the rejection to the ledger."""
+    client = _client(settings)
+    _reject(client, settings, run_id, version, reason, period=period, champion_version=champion_version, gate=gate)
+    return {"version": version, "rejected": True}
+
+
+def _reject(
+    client: MlflowClient,
+    settings: Settings,
+    run_id: str,
+    version: str | None,
+    reason: str,
+    *,
+    period: int | None,
+    champion_version: str | None,
+    gate: dict[str, Any] | None,
+) -> None:
     from driftwheel import registry, report
 
-    client = _client(settings)
     registry.reject(
         client,
         settings.model_name,
@@ -604,7 +534,6 @@ def reject_challenger(
         metrics=_gate_metrics(gate),
     )
     report.record(client, run_id, tags={report.T_PROMOTED: False})
-    return {"version": version, "rejected": True}
 
 
 def rollback_champion(settings: Settings, reason: str, to_version: str | None = None) -> dict[str, Any]:
@@ -619,9 +548,13 @@ def rollback_champion(settings: Settings, reason: str, to_version: str | None = 
 
 def history(settings: Settings) -> list[Any]:
     """The ledger of the model's champion: every promotion, refusal, rejection and rollback, oldest first."""
+    return _history(_client(settings), settings)
+
+
+def _history(client: MlflowClient, settings: Settings) -> list[Any]:
     from driftwheel import ledger
 
-    return ledger.entries(_client(settings), ledger.experiment_name(settings.experiment_name), settings.model_name)
+    return ledger.entries(client, ledger.experiment_name(settings.experiment_name), settings.model_name)
 
 
 def fail_period(settings: Settings, period: int, reason: str) -> None:
@@ -650,7 +583,7 @@ def finish_period(settings: Settings, period: int, run_id: str, airflow_run_id: 
     champion = registry.champion(client, settings.model_name)
     # Whether the period ever promoted, from the append-only ledger: a rerun that keeps the
     # champion does not erase the promotion an earlier run of the period made.
-    promoted = any(e.action == "promote" and e.period == period for e in history(settings))
+    promoted = any(e.action == "promote" and e.period == period for e in _history(client, settings))
     report.record(
         client,
         run_id,

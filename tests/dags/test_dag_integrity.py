@@ -30,6 +30,7 @@ print(json.dumps({
     "seconds": seconds,
     "heavy_loaded": sorted(m for m in ("torch", "evidently", "mlflow", "pandas", "driftwheel.steps") if m in sys.modules),
     "edges": sorted([t.task_id, d] for t in dag.tasks for d in t.downstream_task_ids) if dag else None,
+    "branches": sorted(t.task_id for t in dag.tasks if "Branch" in type(t).__name__) if dag else None,
     "trigger_rules": {t.task_id: getattr(t.trigger_rule, "value", t.trigger_rule) for t in dag.tasks} if dag else None,
     "max_active_runs": dag.max_active_runs if dag else None,
     "depends_on_past": sorted({t.depends_on_past for t in dag.tasks}) if dag else None,
@@ -78,14 +79,19 @@ def test_expected_tasks_and_edges(parsed: dict) -> None:
             ["retrain_model", "evaluate_challenger"],
             ["retrain_model", "promote_champion"],
             ["retrain_model", "reject_challenger"],
+            ["evaluate_challenger", "decide_promotion"],
             ["evaluate_challenger", "promote_champion"],
             ["evaluate_challenger", "reject_challenger"],
+            ["decide_promotion", "promote_champion"],
+            ["decide_promotion", "reject_challenger"],
             ["promote_champion", "finish_period"],
             ["reject_challenger", "finish_period"],
             ["skip_retrain", "finish_period"],
         ]
     )
     assert parsed["trigger_rules"]["finish_period"] == "none_failed_min_one_success"
+    # Branches only map a result to a task id; the gate's work is a normal task.
+    assert parsed["branches"] == ["decide_promotion", "decide_retrain"]
 
 
 def test_runs_chain_in_year_order(parsed: dict) -> None:

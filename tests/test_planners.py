@@ -1,0 +1,45 @@
+"""Training plans: one planner per model family, chosen by strategy; fingerprints of their inputs."""
+
+import dataclasses
+
+import pandas as pd
+import pytest
+
+from tracks import land, make_tracks
+from driftwheel import planners, steps
+from driftwheel.config import Settings
+
+
+def test_every_strategy_has_its_family_planner() -> None:
+    assert planners.PLANNERS == {
+        "trend_residual": planners.plan_trend_residual,
+        "transfer": planners.plan_study_net,
+        "full": planners.plan_study_net,
+    }
+
+
+def test_an_unknown_strategy_is_named(settings: Settings) -> None:
+    odd = dataclasses.replace(settings, training=dataclasses.replace(settings.training, strategy="boosting"))
+    with pytest.raises(KeyError, match="boosting"):
+        planners.plan(odd, 2010, None, None)
+
+
+def test_fingerprint_follows_the_rows_and_the_inputs() -> None:
+    rows = pd.DataFrame({"id": ["a", "b"], "popularity": [1.0, 2.0]})
+    same = planners.fingerprint(rows, period=2012, strategy="full")
+    assert planners.fingerprint(rows.copy(), period=2012, strategy="full") == same
+    assert planners.fingerprint(rows.assign(popularity=[1.0, 3.0]), period=2012, strategy="full") != same
+    assert planners.fingerprint(rows, period=2013, strategy="full") != same
+
+
+@pytest.mark.parametrize(("strategy", "planned"), [("trend_residual", "trend_residual"), ("transfer", "full")])
+def test_a_cold_start_plans_from_scratch_on_the_warm_up_periods(settings: Settings, strategy: str, planned: str) -> None:
+    settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, strategy=strategy))
+    for year in (2010, 2011):
+        land(settings, year, make_tracks(year, n=200, level=52, seed=year))
+        steps.ingest_tracks(settings, year)
+        steps.validate_tracks(settings, year)
+    plan = planners.plan(settings, 2011, None, None)
+    assert plan.strategy == planned and plan.from_scratch and plan.training_periods == [2010, 2011]
+    # The period's held-out rows are never fitted.
+    assert 0 < plan.train_rows < 400
