@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from tracks import make_tracks
-from driftwheel.config import SPOTIFY_AUDIO_FEATURES, TrainingConfig
+from driftwheel.config import SPOTIFY_AUDIO_FEATURES, StudyNetConfig, TrainingConfig
 from driftwheel.evaluate import rmse
 from driftwheel.model import PopularityNet, fine_tune, load, save, train_full
 
-CONFIG = TrainingConfig(epochs=20, fine_tune_epochs=20)
+CONFIG = TrainingConfig(study_net=StudyNetConfig(epochs=20, fine_tune_epochs=20))
 
 
 def test_network_shape_is_the_studys() -> None:
@@ -40,7 +40,7 @@ def test_scalers_come_from_training_data_only() -> None:
 def test_transfer_freezes_first_layers_and_follows_the_new_level() -> None:
     parent = train_full(make_tracks(2010, n=600, level=50), SPOTIFY_AUDIO_FEATURES, "popularity", CONFIG)
     new = make_tracks(2011, n=600, level=60)
-    child = fine_tune(parent, new, "popularity", TrainingConfig(freeze_layers=3, fine_tune_epochs=20))
+    child = fine_tune(parent, new, "popularity", TrainingConfig(study_net=StudyNetConfig(freeze_layers=3, fine_tune_epochs=20)))
     for i, (a, b) in enumerate(zip(parent.net.layers, child.net.layers)):
         same = torch.equal(a.weight, b.weight)
         assert same == (i < 3), f"layer {i}"
@@ -50,7 +50,7 @@ def test_transfer_freezes_first_layers_and_follows_the_new_level() -> None:
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     frame = make_tracks(2010, n=200)
-    model = train_full(frame, SPOTIFY_AUDIO_FEATURES, "popularity", TrainingConfig(epochs=2))
+    model = train_full(frame, SPOTIFY_AUDIO_FEATURES, "popularity", TrainingConfig(study_net=StudyNetConfig(epochs=2)))
     files = save(model, tmp_path)
     loaded = load(files)
     assert np.allclose(loaded.predict(frame), model.predict(frame))
