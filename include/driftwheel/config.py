@@ -6,6 +6,8 @@ The environment is read here and nowhere else in the library: :data:`ENVIRONMENT
 ``FLYWHEEL_*`` variable to the field it sets, :meth:`Settings.from_env` validates them together
 and names the variable (and the allowed values) in any error, and a run's Params are merged with
 :meth:`Settings.with_params`. The DAG files read their year bounds with :meth:`Schedule.from_env`.
+Credentials are no settings (settings are logged and pickled): the Spotify source's
+``SpotifyCredentials.from_env`` reads its own.
 
 Each knob exists once, in the section of the model family it applies to: ``training.study_net``
 (the study's 32-32-32-50-1 network: ``transfer`` and ``full``) or ``training.trend_residual`` (the
@@ -536,7 +538,9 @@ def _validated(cls: type[_T], tree: dict[str, Any], variables: Mapping[str, str]
         return TypeAdapter(cls).validate_python(tree)
     except ValidationError as err:
         by_path = {path: variable for variable, path in variables.items()}
-        by_path |= {path: f"{by_path[path]} (or {old})" for old, new in RENAMED.items() for v, path in variables.items() if v == new}
+        for old, new in RENAMED.items():
+            if new in variables:
+                by_path[variables[new]] += f" (or {old})"
         problems = []
         for e in err.errors():
             path = ".".join(str(part) for part in e["loc"] if not isinstance(part, int))
@@ -593,7 +597,7 @@ class ColumnMapFile(BaseModel):
             try:
                 codecs.lookup(value)
             except LookupError:
-                raise ValueError(f"unknown encoding {value!r} (e.g. \"utf-8\", \"latin-1\")") from None
+                raise ValueError(f'unknown encoding {value!r} (e.g. "utf-8", "latin-1")') from None
         return value
 
 
@@ -635,12 +639,8 @@ def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, A
     try:
         parsed = ColumnMapFile.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"key '{'.'.join(str(part) for part in e['loc'])}': {e['msg']}" for e in err.errors()
-        )
-        raise ColumnMapError(
-            f"column map {path}: {problems} (allowed keys: {', '.join(_COLUMN_MAP_KEYS)})"
-        ) from err
+        problems = "; ".join(f"key '{'.'.join(str(part) for part in e['loc'])}': {e['msg']}" for e in err.errors())
+        raise ColumnMapError(f"column map {path}: {problems} (allowed keys: {', '.join(_COLUMN_MAP_KEYS)})") from err
     for key in ("features", "optional_features"):
         if target in (getattr(parsed, key) or ()):
             raise ColumnMapError(f"column map {path}: key '{key}' lists the label '{target}', which is no feature")
