@@ -81,7 +81,11 @@ POLICIES: tuple[Policy, ...] = (
         "study net, first 3 of 5 layers frozen, last 2 fine-tuned when production RMSE > 3.5",
         lambda s: dataclasses.replace(
             s,
-            training=_training(s, strategy="transfer", freeze_layers=3, fine_tune_epochs=30),
+            training=_training(
+                s,
+                strategy="transfer",
+                study_net=dataclasses.replace(s.training.study_net, freeze_layers=3, fine_tune_epochs=30),
+            ),
             drift=dataclasses.replace(NEVER, max_production_rmse=3.5),
             gate=NO_GATE,
         ),

@@ -25,11 +25,12 @@ Trigger a single year from the form with the `year` param; backfill with
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
+
+from driftwheel.config import Schedule
 
 
 def _settings(context: Any = None) -> Any:
@@ -40,11 +41,11 @@ def _settings(context: Any = None) -> Any:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from driftwheel.config import ForbiddenLandingDir, Settings, UndeclaredParams
+    from driftwheel.config import DataError, Settings
 
     try:
         return Settings.from_env().with_params((context or get_current_context())["params"])
-    except (UndeclaredParams, ForbiddenLandingDir) as refused:
+    except DataError as refused:  # undeclared Params, a forbidden landing folder, a bad setting
         raise AirflowFailException(str(refused)) from refused
 
 
@@ -73,16 +74,17 @@ def _period(context: Any = None) -> int:
     return logical_date.year
 
 
-# A replay over a closed range of years (the demo, the tests) sets FLYWHEEL_LAST_YEAR so that
-# unpausing the DAG does not also schedule a run for the current year; live use leaves it unset.
-LAST_YEAR = os.environ.get("FLYWHEEL_LAST_YEAR")
+# FLYWHEEL_FIRST_YEAR (2008) and FLYWHEEL_LAST_YEAR: a replay over a closed range of years (the
+# demo, the tests) sets the last year so that unpausing the DAG does not also schedule a run for the
+# current year; live use leaves it unset. A light import: the config module loads no data library.
+SCHEDULE = Schedule.from_env()
 
 
 @dag(
     dag_id="spotify_flywheel",
     schedule="@yearly",
-    start_date=pendulum.datetime(int(os.environ.get("FLYWHEEL_FIRST_YEAR", "2008")), 1, 1, tz="UTC"),
-    end_date=pendulum.datetime(int(LAST_YEAR), 12, 31, tz="UTC") if LAST_YEAR else None,
+    start_date=pendulum.datetime(SCHEDULE.first_year, 1, 1, tz="UTC"),
+    end_date=pendulum.datetime(SCHEDULE.last_year, 12, 31, tz="UTC") if SCHEDULE.last_year else None,
     catchup=False,
     max_active_runs=1,
     default_args={

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from driftwheel.config import Settings, TrainingConfig, TrendResidualConfig
+from driftwheel.config import Settings, StudyNetConfig, TrainingConfig, TrendResidualConfig
 
 SEED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "spotify_seed" / "tracks_2008_2019.csv"
 
@@ -20,8 +20,7 @@ def settings(tmp_path: Path) -> Settings:
         state_dir=tmp_path / "state",
         source="file",
         training=TrainingConfig(
-            epochs=15,
-            fine_tune_epochs=15,
+            study_net=StudyNetConfig(epochs=15, fine_tune_epochs=15),
             warmup_start=2010,
             warmup_end=2011,
             trend_residual=TrendResidualConfig(ensemble_size=2, epochs=8),

@@ -21,7 +21,7 @@ import pytest
 from tracks import land, make_tracks
 from driftwheel import ledger, registry, steps, store
 from driftwheel import model as model_lib
-from driftwheel.config import Settings
+from driftwheel.config import Settings, StudyNetConfig
 from driftwheel.replay import replay
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,9 @@ def test_a_refused_run_leaves_the_finished_run_of_its_period_as_it_was(flywheel:
 
 def _bad_challenger(settings: Settings, run_id: str) -> str:
     """A registered model far worse than anything the flywheel trains (an untrained study net)."""
-    reckless = dataclasses.replace(settings.training, strategy="full", epochs=1, learning_rate=1e-6)
+    reckless = dataclasses.replace(
+        settings.training, strategy="full", study_net=StudyNetConfig(epochs=1, learning_rate=1e-6)
+    )
     version = steps.retrain_model(dataclasses.replace(settings, training=reckless), 2012, run_id, None)["version"]
     assert version is not None
     return str(version)

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -6,7 +7,12 @@ from driftwheel.config import (
     ColumnMapError,
     DataError,
     ForbiddenLandingDir,
+    Schedule,
     Settings,
+    SettingsError,
+    StudyNetConfig,
+    TrainingConfig,
+    TrendResidualConfig,
     UndeclaredParams,
     load_column_map,
 )
@@ -25,7 +31,74 @@ def test_from_env_reads_flywheel_variables(tmp_path: Path) -> None:
     assert settings.state_dir == tmp_path
     assert settings.landing_dir == tmp_path / "in"
     assert settings.tracking_uri == "postgresql://x@/mlflow"
-    assert settings.training.epochs == 5
+    assert settings.training.study_net.epochs == 5  # FLYWHEEL_EPOCHS: the study net's, as before
+    renamed = Settings.from_env(
+        {"FLYWHEEL_EPOCHS": "5", "FLYWHEEL_STUDY_NET_EPOCHS": "6", "FLYWHEEL_TREND_RESIDUAL_EPOCHS": "7"}
+    )
+    assert (renamed.training.study_net.epochs, renamed.training.trend_residual.epochs) == (6, 7)
+
+
+def test_a_typo_in_a_value_fails_at_once_naming_the_variable_and_the_allowed_values(tmp_path: Path) -> None:
+    with pytest.raises(
+        SettingsError, match=r"FLYWHEEL_SOURCE='typo': Input should be 'synthetic', 'file' or 'spotify'"
+    ):
+        Settings.from_env({"FLYWHEEL_STATE_DIR": str(tmp_path), "FLYWHEEL_SOURCE": "typo"})
+    # Every wrong variable is named at once, so one correction round suffices.
+    with pytest.raises(
+        SettingsError,
+        match=r"FLYWHEEL_MIN_HOLDOUT_ROWS='0': .*greater than or equal to 1.*"
+        r"FLYWHEEL_EPOCHS\)='ten': .*valid integer",
+    ):
+        Settings.from_env({"FLYWHEEL_MIN_HOLDOUT_ROWS": "0", "FLYWHEEL_EPOCHS": "ten"})
+    with pytest.raises(SettingsError, match="FLYWHEEL_LAST_YEAR='twenty'"):
+        Schedule.from_env({"FLYWHEEL_LAST_YEAR": "twenty"})
+    # Built in code, the same model refuses the same values (replace validates too).
+    with pytest.raises(ValueError, match="Input should be 'synthetic', 'file' or 'spotify'"):
+        dataclasses.replace(Settings(state_dir=tmp_path), source="typo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="Unexpected keyword argument"):
+        TrainingConfig(epochs=5)  # type: ignore[call-arg]
+
+
+def test_a_variable_that_nearly_names_a_setting_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    Settings.from_env({"FLYWHEEL_EPOCS": "5", "FLYWHEEL_STACK_DIR": "/srv/stack"})
+    assert [r.getMessage() for r in caplog.records] == [
+        "FLYWHEEL_EPOCS is not a setting and is ignored; did you mean FLYWHEEL_EPOCHS?"
+    ]
+
+
+def test_the_dag_schedule_reads_its_year_bounds_here() -> None:
+    assert Schedule.from_env({}) == Schedule(first_year=2008, last_year=None)
+    assert Schedule.from_env({"FLYWHEEL_FIRST_YEAR": "2013", "FLYWHEEL_LAST_YEAR": "2016"}) == Schedule(2013, 2016)
+
+
+def test_each_knob_is_in_the_fingerprint_of_exactly_the_trainings_it_changes() -> None:
+    base = TrainingConfig()
+    more_study_epochs = dataclasses.replace(base, study_net=StudyNetConfig(epochs=31, fine_tune_epochs=31))
+    for from_parent in (False, True):
+        # The study net's epochs do not touch the default model: an identical model is found again.
+        assert more_study_epochs.fingerprint_inputs(
+            "trend_residual", from_parent=from_parent
+        ) == base.fingerprint_inputs("trend_residual", from_parent=from_parent)
+    assert more_study_epochs.fingerprint_inputs("full", from_parent=False) != base.fingerprint_inputs(
+        "full", from_parent=False
+    )
+    assert more_study_epochs.fingerprint_inputs("transfer", from_parent=True) != base.fingerprint_inputs(
+        "transfer", from_parent=True
+    )
+    # The trend_residual epochs change a training from scratch, not a fine-tune (which has its own).
+    more_epochs = dataclasses.replace(base, trend_residual=TrendResidualConfig(epochs=16))
+    assert more_epochs.fingerprint_inputs("trend_residual", from_parent=False) != base.fingerprint_inputs(
+        "trend_residual", from_parent=False
+    )
+    assert more_epochs.fingerprint_inputs("trend_residual", from_parent=True) == base.fingerprint_inputs(
+        "trend_residual", from_parent=True
+    )
+    # A fine-tune of the study net's single-period cold start does not read freeze_layers; pooled it does.
+    frozen = dataclasses.replace(base, study_net=StudyNetConfig(freeze_layers=2))
+    assert frozen.fingerprint_inputs("full", from_parent=False) == base.fingerprint_inputs("full", from_parent=False)
+    assert frozen.fingerprint_inputs("full", from_parent=False, pooled=True) != base.fingerprint_inputs(
+        "full", from_parent=False, pooled=True
+    )
 
 
 def test_default_tracking_uri_is_a_file_in_the_state_dir(tmp_path: Path) -> None:
@@ -46,7 +119,9 @@ def test_params_override_and_none_keeps_default(tmp_path: Path) -> None:
 
 def test_column_map_file(tmp_path: Path) -> None:
     path = tmp_path / "map.json"
-    path.write_text('{"columns": {"track_popularity": "popularity"}, "date_column": "release_date", "features": ["energy"]}')
+    path.write_text(
+        '{"columns": {"track_popularity": "popularity"}, "date_column": "release_date", "features": ["energy"]}'
+    )
     settings = Settings(state_dir=tmp_path).with_file_source(**load_column_map(path))
     assert settings.file_source.column_map == {"track_popularity": "popularity"}
     assert settings.file_source.date_column == "release_date"

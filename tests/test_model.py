@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from tracks import make_tracks
-from driftwheel.config import SPOTIFY_AUDIO_FEATURES, TrainingConfig
+from driftwheel.config import SPOTIFY_AUDIO_FEATURES, StudyNetConfig, TrainingConfig
 from driftwheel.evaluate import rmse
 from driftwheel.model import PopularityNet, fine_tune, load, save, train_full
 
-CONFIG = TrainingConfig(epochs=20, fine_tune_epochs=20)
+CONFIG = TrainingConfig(study_net=StudyNetConfig(epochs=20, fine_tune_epochs=20))
 
 
 def test_network_shape_is_the_studys() -> None:
@@ -40,7 +40,7 @@ def test_scalers_come_from_training_data_only() -> None:
 def test_transfer_freezes_first_layers_and_follows_the_new_level() -> None:
     parent = train_full(make_tracks(2010, n=600, level=50), SPOTIFY_AUDIO_FEATURES, "popularity", CONFIG)
     new = make_tracks(2011, n=600, level=60)
-    child = fine_tune(parent, new, "popularity", TrainingConfig(freeze_layers=3, fine_tune_epochs=20))
+    child = fine_tune(parent, new, "popularity", TrainingConfig(study_net=StudyNetConfig(freeze_layers=3, fine_tune_epochs=20)))
     for i, (a, b) in enumerate(zip(parent.net.layers, child.net.layers)):
         same = torch.equal(a.weight, b.weight)
         assert same == (i < 3), f"layer {i}"
@@ -50,7 +50,7 @@ def test_transfer_freezes_first_layers_and_follows_the_new_level() -> None:
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     frame = make_tracks(2010, n=200)
-    model = train_full(frame, SPOTIFY_AUDIO_FEATURES, "popularity", TrainingConfig(epochs=2))
+    model = train_full(frame, SPOTIFY_AUDIO_FEATURES, "popularity", TrainingConfig(study_net=StudyNetConfig(epochs=2)))
     files = save(model, tmp_path)
     loaded = load(files)
     assert np.allclose(loaded.predict(frame), model.predict(frame))
@@ -136,3 +136,26 @@ def test_trend_residual_save_and_load_round_trip(tmp_path: Path) -> None:
     assert isinstance(loaded, TrendResidualModel)
     np.testing.assert_allclose(loaded.predict(test), model.predict(test), rtol=0, atol=1e-9)
     pd.testing.assert_frame_equal(loaded.replay, model.replay)
+
+
+def test_a_model_saved_before_the_feature_knobs_had_their_own_section_still_loads(tmp_path: Path) -> None:
+    import json
+
+    model, _ = _trained((2010, 2011))
+    files = save(model, tmp_path)
+    saved = json.loads(files["preprocessing"].read_text())
+    flat = {k: v for k, v in saved["config"].items() if k != "features"} | saved["config"]["features"]
+    files["preprocessing"].write_text(json.dumps({**saved, "config": flat}))
+    loaded = load(files)
+    assert isinstance(loaded, TrendResidualModel) and loaded.config == model.config
+    test = _artist_year(2012, seed=5)
+    np.testing.assert_allclose(loaded.predict(test), model.predict(test), rtol=0, atol=1e-9)
+
+
+def test_a_fine_tune_keeps_its_parents_network_shape_in_its_config(tmp_path: Path) -> None:
+    parent, _ = _trained((2010, 2011))
+    wider = TrainingConfig(trend_residual=TrendResidualConfig(ensemble_size=3, hidden=(16,), fine_tune_epochs=1))
+    new = _artist_year(2012, seed=12)
+    child = fine_tune_trend_residual(parent, new, np.ones(len(new), dtype=bool), wider)
+    assert (child.config.ensemble_size, child.config.hidden) == (parent.config.ensemble_size, parent.config.hidden)
+    assert isinstance(load(save(child, tmp_path)), TrendResidualModel)  # the saved shape matches the weights

@@ -78,13 +78,31 @@ def test_rerun_of_a_period_reuses_its_version_and_scores_the_model_it_had(flywhe
     assert sorted(r.data.tags["flywheel.period"] for r in runs) == ["2010", "2011", "2012", "2013"]
 
 
+def test_a_knob_of_another_model_family_does_not_retrain_the_model(flywheel: Settings) -> None:
+    """FLYWHEEL_EPOCHS sets the study net's epochs: the default model trained from the same data is
+    found again, not registered twice; the study net's own epochs do make a new version."""
+    for year in (2010, 2011):
+        steps.run_period(flywheel, year)
+    run_id = steps.report_drift(flywheel, 2011)["mlflow_run_id"]
+
+    def with_study_epochs(strategy: str, epochs: int) -> Settings:
+        study_net = dataclasses.replace(flywheel.training.study_net, epochs=epochs)
+        return dataclasses.replace(flywheel, training=dataclasses.replace(flywheel.training, strategy=strategy, study_net=study_net))
+
+    default = steps.retrain_model(with_study_epochs("trend_residual", 3), 2011, run_id)
+    assert (default["version"], default["reused"]) == ("1", True)
+    first = steps.retrain_model(with_study_epochs("full", 3), 2011, run_id)
+    again = steps.retrain_model(with_study_epochs("full", 3), 2011, run_id)
+    other = steps.retrain_model(with_study_epochs("full", 4), 2011, run_id)
+    assert (first["reused"], again["reused"], other["reused"]) == (False, True, False)
+    assert again["version"] == first["version"] != other["version"]
+
+
 def test_gate_rejects_a_worse_challenger_and_keeps_the_champion(flywheel: Settings) -> None:
     replay(flywheel, [2010, 2011])
     # A forced retrain with a learning rate far too high yields a challenger worse than the champion.
     reckless = dataclasses.replace(
         flywheel.training,
-        learning_rate=0.5,
-        fine_tune_epochs=3,
         trend_residual=dataclasses.replace(flywheel.training.trend_residual, fine_tune_learning_rate=0.5, weight_decay=0.0),
     )
     (row,) = replay(dataclasses.replace(flywheel, force_retrain=True, training=reckless), [2012])

@@ -1,22 +1,47 @@
-"""One frozen, typed configuration object for the whole flywheel.
+"""One frozen, typed, validated configuration object for the whole flywheel.
 
-It is built at the edge (inside a DAG task, in the CLI, in a benchmark) from the environment with
-:func:`Settings.from_env` and merged with a run's Params with :meth:`Settings.with_params`.
-Nothing in the library reads the environment anywhere else.
+:class:`Settings` is a tree of frozen pydantic dataclasses: every value is checked when an object
+is built, by ``dataclasses.replace`` too, so ``source="typo"`` or ``epochs="many"`` fails at once.
+The environment is read here and nowhere else in the library: :data:`ENVIRONMENT` maps each
+``FLYWHEEL_*`` variable to the field it sets, :meth:`Settings.from_env` validates them together
+and names the variable (and the allowed values) in any error, and a run's Params are merged with
+:meth:`Settings.with_params`. The DAG files read their year bounds with :meth:`Schedule.from_env`.
+Credentials are no settings (settings are logged and pickled): the Spotify source's
+``SpotifyCredentials.from_env`` reads its own.
+
+Each knob exists once, in the section of the model family it applies to: ``training.study_net``
+(the study's 32-32-32-50-1 network: ``transfer`` and ``full``) or ``training.trend_residual`` (the
+default model); :meth:`TrainingConfig.fingerprint_inputs` lists the knobs a given training reads.
 """
 
 from __future__ import annotations
 
 import codecs
 import dataclasses
+import difflib
 import json
+import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+logger = logging.getLogger(__name__)
+
+# Unknown keyword arguments are errors, not silently dropped (pydantic's default for dataclasses).
+# Validators are built on first use: the DAG files import this module at parse time.
+_STRICT_FIELDS = ConfigDict(extra="forbid", defer_build=True)
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 # The 13 audio features of the Spotify Web API, in the order the study used them.
 SPOTIFY_AUDIO_FEATURES: tuple[str, ...] = (
@@ -58,8 +83,8 @@ SourceName = Literal["synthetic", "file", "spotify"]
 class DataError(ValueError):
     """The data or its configuration is wrong: deterministic, so retrying cannot help.
 
-    The message names what to fix (a file, a line, a column-map key). The DAG fails such a task
-    without retries; any other exception is treated as possibly transient.
+    The message names what to fix (a file, a line, a column-map key, a variable). The DAG fails
+    such a task without retries; any other exception is treated as possibly transient.
     """
 
 
@@ -67,7 +92,11 @@ class ColumnMapError(DataError):
     """The column-map file is not valid; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
+class SettingsError(DataError):
+    """An environment variable has a value its setting does not allow; the message names both."""
+
+
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class DatasetSpec:
     """Which columns mean what. Columns are configuration, so other tabular data sets work too."""
 
@@ -85,12 +114,12 @@ class DatasetSpec:
     album_column: str | None = "album_name"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class FileSourceConfig:
     """A landing folder of CSV or Parquet files and how their columns map onto the dataset spec."""
 
     landing_dir: Path | None = None  # None: <state>/landing/file
-    pattern: str = "*"
+    pattern: Annotated[str, Field(min_length=1)] = "*"
     # Source column -> spec column, e.g. {"track_popularity": "popularity"}.
     column_map: Mapping[str, str] = field(default_factory=dict)
     # A column holding a release date (any pandas-parsable format) from which the year is taken
@@ -98,130 +127,197 @@ class FileSourceConfig:
     date_column: str | None = None
     # How CSV files are read (Parquet files carry their own encoding and have no delimiter).
     encoding: str = "utf-8"
-    delimiter: str = ","
-    decimal: str = "."  # "," for the decimal commas of semicolon-delimited European exports
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    # "," for the decimal commas of semicolon-delimited European exports
+    decimal: Annotated[str, Field(min_length=1, max_length=1)] = "."
     # The column-map file this configuration came from, so errors can name it; None: built in code.
     column_map_file: Path | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class SpotifyConfig:
     """What the Spotify source fetches, and from where. Credentials are no configuration: the DAG
     reads the ``spotify_default`` connection, else ``SPOTIPY_CLIENT_ID``/``SPOTIPY_CLIENT_SECRET``."""
 
-    max_tracks: int = 1000  # the search endpoint serves no offset beyond 1000
+    max_tracks: PositiveInt = 1000  # the search endpoint serves no offset beyond 1000
     api_base: str | None = None  # None: https://api.spotify.com/v1/
     auth_url: str | None = None  # None: https://accounts.spotify.com/api/token
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class SyntheticConfig:
-    rows_per_year: int = 2000
+    rows_per_year: PositiveInt = 2000
     seed: int = 7
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class ValidationPolicy:
     # A batch with more than this share of bad rows is rejected whole.
-    max_bad_share: float = 0.05
+    max_bad_share: Share = 0.05
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class DriftPolicy:
     """When a new period warrants a retrain."""
 
     # Share of drifted feature columns (Evidently's DataDriftPreset) that triggers a retrain.
-    max_drift_share: float = 0.5
+    max_drift_share: NonNegativeFloat = 0.5
     retrain_on_target_drift: bool = True
     # Retrain when the champion's production RMSE exceeds its own held-out RMSE by this fraction.
-    max_rmse_increase: float = 0.10
+    max_rmse_increase: NonNegativeFloat = 0.10
     # Retrain when the champion's production RMSE exceeds this absolute value (None: no such rule;
     # the study retrained whenever RMSE > 3.5).
-    max_production_rmse: float | None = None
+    max_production_rmse: NonNegativeFloat | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class LivePolicy:
     """Live mode: when the labeled rows that arrived since the last retrain are worth considering one."""
 
-    min_new_rows: int = 500  # per period (release year), across the new files
+    min_new_rows: PositiveInt = 500  # per period (release year), across the new files
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class GatePolicy:
     """When a challenger replaces the champion."""
 
     # The challenger's RMSE must be at least this fraction below the champion's.
-    min_improvement: float = 0.01
-    holdout_fraction: float = 0.2
+    min_improvement: Share = 0.01
+    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     # False: every challenger is promoted, as in the study (the benchmark replays it that way).
     enabled: bool = True
     # Minimum evidence. An RMSE on n rows is known to about ±1/sqrt(2n) of itself (normal errors):
     # ±10 % at 50 rows, so fewer held-out rows cannot rank two models at all and the gate refuses.
-    min_holdout_rows: int = 50
+    min_holdout_rows: PositiveInt = 50
     # A period with fewer curated rows is not trained on (its held-out split would be ~20 % of it).
-    min_batch_rows: int = 100
+    min_batch_rows: PositiveInt = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
+class FeatureConfig:
+    """The trend_residual model's label-history features (:mod:`driftwheel.features`)."""
+
+    # Pseudo-count pulling an artist's mean residual towards 0: two past tracks are weak evidence.
+    shrinkage: NonNegativeFloat = 3.0
+    # Weight of a track ``k`` periods older than the newest past period, in the decayed mean.
+    decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
+    # Yearly means in the linear trend of the label level.
+    trend_window: PositiveInt = 4
+
+
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class TrendResidualConfig:
     """The default model: trend level + residual ensemble. Values measured on the seed data
     (benchmarks/prequential.py, docs/benchmark/; the research prototype is in git history)."""
 
-    ensemble_size: int = 3
-    hidden: tuple[int, ...] = (64, 32)
-    dropout: float = 0.3
-    epochs: int = 15
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
+    # From scratch: the networks' shape and training. A fine-tune keeps its parent's shape.
+    ensemble_size: PositiveInt = 3
+    hidden: tuple[PositiveInt, ...] = (64, 32)
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+    epochs: NonNegativeInt = 15
+    learning_rate: PositiveFloat = 1e-3
+    # Both from scratch and fine-tuning.
+    batch_size: PositiveInt = 64
+    weight_decay: NonNegativeFloat = 1e-4
     # False: every retrain trains from scratch on all labelled periods (the cost reference).
     fine_tune: bool = True
-    fine_tune_epochs: int = 4
-    fine_tune_learning_rate: float = 5e-4
+    fine_tune_epochs: NonNegativeInt = 4
+    fine_tune_learning_rate: PositiveFloat = 5e-4
     # Replayed earlier rows in a fine-tune, as a share of the new rows: guards against forgetting.
-    replay_share: float = 0.5
+    replay_share: NonNegativeFloat = 0.5
     # Earlier rows kept in the model artifact to replay from (a uniform sample of all seen rows).
-    replay_buffer_rows: int = 4000
-    # Label-history features: shrinkage pseudo-count, yearly decay, yearly means in the trend.
-    shrinkage: float = 3.0
-    decay: float = 0.75
-    trend_window: int = 4
+    replay_buffer_rows: NonNegativeInt = 4000
+    # Label-history features and the trend: shrinkage pseudo-count, yearly decay, trend window.
+    features: FeatureConfig = field(default_factory=FeatureConfig)
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    strategy: Strategy = "trend_residual"
-    freeze_layers: int = 3
-    epochs: int = 30
-    fine_tune_epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 1e-3
+@dataclass(frozen=True, config=_STRICT_FIELDS)
+class StudyNetConfig:
+    """The study's network (strategies ``transfer`` and ``full``)."""
+
+    epochs: NonNegativeInt = 30  # training from scratch
+    # Transfer: the first ``freeze_layers`` layers stay fixed and the rest trains this many epochs.
+    # A cold start on pooled warm-up periods adapts the same way to the newest period.
+    freeze_layers: NonNegativeInt = 3
+    fine_tune_epochs: NonNegativeInt = 30
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 1e-3
     # Share of the new period's size drawn from earlier periods and added to a transfer fine-tune.
-    replay_share: float = 0.0
+    replay_share: NonNegativeFloat = 0.0
+
+
+@dataclass(frozen=True, config=_STRICT_FIELDS)
+class TrainingConfig:
+    """Which model family trains, on which periods; each family's knobs in its own section."""
+
+    strategy: Strategy = "trend_residual"
+    # Seeds the networks' initialisation and minibatch order and every replay sample, of both families.
     seed: int = 0
-    trend_residual: TrendResidualConfig = TrendResidualConfig()
     # Years before the first model are pooled, as the study did: train once at warmup_end.
     warmup_start: int = 2008
     warmup_end: int = 2014
+    study_net: StudyNetConfig = field(default_factory=StudyNetConfig)
+    trend_residual: TrendResidualConfig = field(default_factory=TrendResidualConfig)
+
+    def fingerprint_inputs(self, strategy: str, *, from_parent: bool, pooled: bool = False) -> dict[str, Any]:
+        """The knobs one training reads, and no other: two trainings that differ in none of them
+        (and in no data, period or parent) train the same model, so a version is found again.
+
+        ``strategy`` is the one that trains (a cold start of ``transfer`` trains ``full``);
+        ``from_parent``: a fine-tune of the champion; ``pooled``: the study net's cold start on
+        several warm-up periods (trained from scratch, then adapted to the newest period). What
+        only decides *which rows* are trained on (``warmup_*``, ``fine_tune``, the study net's
+        ``replay_share``) is left out: those rows are fingerprinted themselves.
+        """
+        if strategy == "trend_residual":
+            cfg = self.trend_residual
+            knobs: dict[str, Any] = {
+                "seed": self.seed,
+                "batch_size": cfg.batch_size,
+                "weight_decay": cfg.weight_decay,
+                "replay_buffer_rows": cfg.replay_buffer_rows,
+                "features": dataclasses.asdict(cfg.features),
+            }
+            if from_parent:
+                knobs.update(
+                    fine_tune_epochs=cfg.fine_tune_epochs,
+                    fine_tune_learning_rate=cfg.fine_tune_learning_rate,
+                    replay_share=cfg.replay_share,
+                )
+            else:
+                knobs.update(
+                    ensemble_size=cfg.ensemble_size,
+                    hidden=list(cfg.hidden),
+                    dropout=cfg.dropout,
+                    epochs=cfg.epochs,
+                    learning_rate=cfg.learning_rate,
+                )
+            return knobs
+        net = self.study_net
+        knobs = {"seed": self.seed, "batch_size": net.batch_size, "learning_rate": net.learning_rate}
+        if strategy == "full":
+            knobs["epochs"] = net.epochs
+        if strategy == "transfer" or pooled:
+            knobs.update(freeze_layers=net.freeze_layers, fine_tune_epochs=net.fine_tune_epochs)
+        return knobs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_FIELDS)
 class Settings:
     state_dir: Path
     source: SourceName = "synthetic"
     mlflow_tracking_uri: str | None = None  # None: a SQLite file in the state directory
     experiment_name: str = "driftwheel"
-    model_name: str = "spotify_popularity"
-    dataset: DatasetSpec = DatasetSpec()
-    file_source: FileSourceConfig = FileSourceConfig()
-    synthetic: SyntheticConfig = SyntheticConfig()
-    spotify: SpotifyConfig = SpotifyConfig()
-    validation: ValidationPolicy = ValidationPolicy()
-    drift: DriftPolicy = DriftPolicy()
-    gate: GatePolicy = GatePolicy()
-    live: LivePolicy = LivePolicy()
-    training: TrainingConfig = TrainingConfig()
+    model_name: Annotated[str, Field(min_length=1)] = "spotify_popularity"
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    file_source: FileSourceConfig = field(default_factory=FileSourceConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    spotify: SpotifyConfig = field(default_factory=SpotifyConfig)
+    validation: ValidationPolicy = field(default_factory=ValidationPolicy)
+    drift: DriftPolicy = field(default_factory=DriftPolicy)
+    gate: GatePolicy = field(default_factory=GatePolicy)
+    live: LivePolicy = field(default_factory=LivePolicy)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     force_retrain: bool = False
     # Where promotions take their lock: a PostgreSQL URI (an advisory lock, for stacks whose tasks
     # run on several machines) or None: a lock file in the state directory (one machine).
@@ -278,86 +374,32 @@ class Settings:
     # -- construction ---------------------------------------------------------------------------
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``FLYWHEEL_*`` variables; anything unset keeps its default.
+        """Settings from the ``FLYWHEEL_*`` variables of :data:`ENVIRONMENT` (default: ``os.environ``);
+        anything unset or empty keeps its default.
 
-        ``FLYWHEEL_STATE_DIR`` (default ``<repo>/state``), ``FLYWHEEL_SOURCE``,
-        ``FLYWHEEL_MLFLOW_TRACKING_URI``, ``FLYWHEEL_MODEL_NAME``, ``FLYWHEEL_LANDING_DIR``,
-        ``FLYWHEEL_COLUMN_MAP`` (a JSON file, see :func:`load_column_map`),
-        ``FLYWHEEL_ROWS_PER_YEAR``, ``FLYWHEEL_EPOCHS``, ``FLYWHEEL_WARMUP_START``,
-        ``FLYWHEEL_WARMUP_END``, ``FLYWHEEL_SPOTIFY_MAX_TRACKS``, ``FLYWHEEL_SPOTIFY_API_BASE``,
-        ``FLYWHEEL_SPOTIFY_AUTH_URL``, ``FLYWHEEL_LIVE_MIN_NEW_ROWS``.
+        Raises :class:`SettingsError` naming every variable whose value is not allowed (and what
+        is), and :class:`ColumnMapError` for a bad ``FLYWHEEL_COLUMN_MAP`` file.
         """
         env = os.environ if env is None else env
-        settings = cls(state_dir=Path(env.get("FLYWHEEL_STATE_DIR", REPO_ROOT / "state")))
-        changes: dict[str, Any] = {}
-        if "FLYWHEEL_SOURCE" in env:
-            changes["source"] = env["FLYWHEEL_SOURCE"]
-        if env.get("FLYWHEEL_MLFLOW_TRACKING_URI"):
-            changes["mlflow_tracking_uri"] = env["FLYWHEEL_MLFLOW_TRACKING_URI"]
-        if "FLYWHEEL_MODEL_NAME" in env:
-            changes["model_name"] = env["FLYWHEEL_MODEL_NAME"]
-        if "FLYWHEEL_EXPERIMENT" in env:
-            changes["experiment_name"] = env["FLYWHEEL_EXPERIMENT"]
-        if env.get("FLYWHEEL_LOCK_URI"):
-            changes["lock_uri"] = env["FLYWHEEL_LOCK_URI"]
-        if env.get("FLYWHEEL_LANDING_ROOTS"):
-            roots = env["FLYWHEEL_LANDING_ROOTS"].split(os.pathsep)
-            changes["landing_roots"] = tuple(Path(r) for r in roots if r)
-        gate: dict[str, Any] = {}
-        for key, name in (("FLYWHEEL_MIN_HOLDOUT_ROWS", "min_holdout_rows"), ("FLYWHEEL_MIN_BATCH_ROWS", "min_batch_rows")):
-            if env.get(key):
-                gate[name] = int(env[key])
-        if gate:
-            changes["gate"] = dataclasses.replace(settings.gate, **gate)
-        settings = dataclasses.replace(settings, **changes)
-        if env.get("FLYWHEEL_COLUMN_MAP"):
-            settings = settings.with_file_source(**load_column_map(Path(env["FLYWHEEL_COLUMN_MAP"])))
-        if env.get("FLYWHEEL_LANDING_DIR"):
-            settings = settings.with_file_source(landing_dir=Path(env["FLYWHEEL_LANDING_DIR"]))
-        if "FLYWHEEL_ROWS_PER_YEAR" in env:
-            settings = dataclasses.replace(
-                settings,
-                synthetic=dataclasses.replace(
-                    settings.synthetic, rows_per_year=int(env["FLYWHEEL_ROWS_PER_YEAR"])
-                ),
-            )
-        spotify: dict[str, Any] = {}
-        for key, name in (
-            ("FLYWHEEL_SPOTIFY_MAX_TRACKS", "max_tracks"),
-            ("FLYWHEEL_SPOTIFY_API_BASE", "api_base"),
-            ("FLYWHEEL_SPOTIFY_AUTH_URL", "auth_url"),
-        ):
-            if env.get(key):
-                spotify[name] = int(env[key]) if name == "max_tracks" else env[key]
-        if spotify:
-            settings = dataclasses.replace(settings, spotify=dataclasses.replace(settings.spotify, **spotify))
-        if env.get("FLYWHEEL_LIVE_MIN_NEW_ROWS"):
-            settings = dataclasses.replace(settings, live=LivePolicy(min_new_rows=int(env["FLYWHEEL_LIVE_MIN_NEW_ROWS"])))
-        training: dict[str, Any] = {}
-        for key, name in (
-            ("FLYWHEEL_EPOCHS", "epochs"),
-            ("FLYWHEEL_FINE_TUNE_EPOCHS", "fine_tune_epochs"),
-            ("FLYWHEEL_WARMUP_START", "warmup_start"),
-            ("FLYWHEEL_WARMUP_END", "warmup_end"),
-        ):
-            if key in env:
-                training[name] = int(env[key])
-        if training:
-            settings = dataclasses.replace(
-                settings, training=dataclasses.replace(settings.training, **training)
-            )
-        return settings
+        _warn_of_near_misses(env)
+        tree = _tree(ENVIRONMENT, env)
+        tree.setdefault("state_dir", str(REPO_ROOT / "state"))
+        column_map = tree.get("file_source", {}).pop("column_map_file", None)
+        if column_map:
+            parsed = load_column_map(Path(column_map))
+            tree["dataset"] = {k: parsed.pop(k) for k in ("features", "optional_features") if k in parsed}
+            tree["file_source"] |= parsed
+        return _validated(cls, tree, ENVIRONMENT)
 
     def with_file_source(self, **changes: Any) -> Settings:
+        """These settings with the file source's fields changed; ``features`` and
+        ``optional_features`` (of a column map, see :func:`load_column_map`) change the dataset spec."""
         spec_changes = {k: changes.pop(k) for k in ("features", "optional_features") if k in changes}
-        settings = dataclasses.replace(
-            self, file_source=dataclasses.replace(self.file_source, **changes)
+        return dataclasses.replace(
+            self,
+            file_source=dataclasses.replace(self.file_source, **changes),
+            dataset=dataclasses.replace(self.dataset, **spec_changes),
         )
-        if spec_changes:
-            settings = dataclasses.replace(
-                settings, dataset=dataclasses.replace(settings.dataset, **spec_changes)
-            )
-        return settings
 
     def with_params(self, params: Mapping[str, Any]) -> Settings:
         """Merge a run's Params (the DAG's trigger form) into these settings.
@@ -377,7 +419,7 @@ class Settings:
         settings = self
         if "source" in p:
             settings = dataclasses.replace(settings, source=p["source"])
-        if "landing_dir" in p and p["landing_dir"]:
+        if p.get("landing_dir"):
             settings = settings.with_file_source(landing_dir=self.checked_landing_dir(Path(p["landing_dir"])))
         if "force_retrain" in p:
             settings = dataclasses.replace(settings, force_retrain=bool(p["force_retrain"]))
@@ -409,6 +451,105 @@ class Settings:
         return resolved
 
 
+@dataclass(frozen=True, config=_STRICT_FIELDS)
+class Schedule:
+    """The years the yearly DAG schedules: read when the DAG file is parsed, so this section stays
+    apart from :class:`Settings` (whose column map is a file read per task)."""
+
+    first_year: Annotated[int, Field(ge=1900, le=2100)] = 2008
+    # A replay over a closed range (the demo, the tests) sets it, so that unpausing the DAG does
+    # not also schedule the current year; live use leaves it unset.
+    last_year: Annotated[int, Field(ge=1900, le=2100)] | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Schedule:
+        """``FLYWHEEL_FIRST_YEAR`` and ``FLYWHEEL_LAST_YEAR``; :class:`SettingsError` names a bad one."""
+        variables = {"FLYWHEEL_FIRST_YEAR": "first_year", "FLYWHEEL_LAST_YEAR": "last_year"}
+        return _validated(cls, _tree(variables, os.environ if env is None else env), variables)
+
+
+# Every variable the library reads, and the field it sets. The value is validated as that field's
+# type; FLYWHEEL_LANDING_ROOTS is a list separated by os.pathsep (":"), FLYWHEEL_COLUMN_MAP a JSON
+# file (see load_column_map).
+ENVIRONMENT: dict[str, str] = {
+    "FLYWHEEL_STATE_DIR": "state_dir",
+    "FLYWHEEL_SOURCE": "source",
+    "FLYWHEEL_MLFLOW_TRACKING_URI": "mlflow_tracking_uri",
+    "FLYWHEEL_EXPERIMENT": "experiment_name",
+    "FLYWHEEL_MODEL_NAME": "model_name",
+    "FLYWHEEL_LOCK_URI": "lock_uri",
+    "FLYWHEEL_LANDING_ROOTS": "landing_roots",
+    "FLYWHEEL_LANDING_DIR": "file_source.landing_dir",
+    "FLYWHEEL_COLUMN_MAP": "file_source.column_map_file",
+    "FLYWHEEL_ROWS_PER_YEAR": "synthetic.rows_per_year",
+    "FLYWHEEL_SPOTIFY_MAX_TRACKS": "spotify.max_tracks",
+    "FLYWHEEL_SPOTIFY_API_BASE": "spotify.api_base",
+    "FLYWHEEL_SPOTIFY_AUTH_URL": "spotify.auth_url",
+    "FLYWHEEL_MIN_HOLDOUT_ROWS": "gate.min_holdout_rows",
+    "FLYWHEEL_MIN_BATCH_ROWS": "gate.min_batch_rows",
+    "FLYWHEEL_LIVE_MIN_NEW_ROWS": "live.min_new_rows",
+    "FLYWHEEL_WARMUP_START": "training.warmup_start",
+    "FLYWHEEL_WARMUP_END": "training.warmup_end",
+    "FLYWHEEL_STUDY_NET_EPOCHS": "training.study_net.epochs",
+    "FLYWHEEL_STUDY_NET_FINE_TUNE_EPOCHS": "training.study_net.fine_tune_epochs",
+    "FLYWHEEL_TREND_RESIDUAL_EPOCHS": "training.trend_residual.epochs",
+    "FLYWHEEL_TREND_RESIDUAL_FINE_TUNE_EPOCHS": "training.trend_residual.fine_tune_epochs",
+}
+# Earlier names, still read (they always set the study net's epochs); the new name wins.
+RENAMED: dict[str, str] = {
+    "FLYWHEEL_EPOCHS": "FLYWHEEL_STUDY_NET_EPOCHS",
+    "FLYWHEEL_FINE_TUNE_EPOCHS": "FLYWHEEL_STUDY_NET_FINE_TUNE_EPOCHS",
+}
+_LISTS = {"landing_roots"}
+
+_T = TypeVar("_T")
+
+
+def _tree(variables: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Any]:
+    """The set variables' raw values, nested by field path: {"training": {"warmup_end": "2014"}}."""
+    tree: dict[str, Any] = {}
+    for variable, path in variables.items():
+        old = next((o for o, n in RENAMED.items() if n == variable), None)
+        value = env.get(variable) or (env.get(old) if old else None)
+        if not value:
+            continue
+        *parents, name = path.split(".")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[name] = [v for v in value.split(os.pathsep) if v] if name in _LISTS else value
+    return tree
+
+
+def _warn_of_near_misses(env: Mapping[str, str]) -> None:
+    """Log a ``FLYWHEEL_*`` variable that is no setting but nearly the name of one (a typo is ignored
+    otherwise). Other unknown names are left alone: the operations tooling has its own."""
+    known = [*ENVIRONMENT, *RENAMED, "FLYWHEEL_FIRST_YEAR", "FLYWHEEL_LAST_YEAR"]
+    for name in env:
+        if name.startswith("FLYWHEEL_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.9)
+            if close:
+                logger.warning("%s is not a setting and is ignored; did you mean %s?", name, close[0])
+
+
+def _validated(cls: type[_T], tree: dict[str, Any], variables: Mapping[str, str]) -> _T:
+    """``cls`` built from ``tree``; a :class:`SettingsError` naming each variable that is wrong."""
+    try:
+        return TypeAdapter(cls).validate_python(tree)
+    except ValidationError as err:
+        by_path = {path: variable for variable, path in variables.items()}
+        for old, new in RENAMED.items():
+            if new in variables:
+                by_path[variables[new]] += f" (or {old})"
+        problems = []
+        for e in err.errors():
+            path = ".".join(str(part) for part in e["loc"] if not isinstance(part, int))
+            variable = by_path.get(path, path)
+            shown = f"{variable}={e['input']!r}" if variable != path else variable
+            problems.append(f"{shown}: {e['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
 # The Params a run may carry: those the DAGs declare (spotify_flywheel's form; min_new_rows is
 # live_flywheel's). Anything else in a run's conf is refused, never applied.
 RUN_PARAMS = frozenset(
@@ -434,6 +575,33 @@ class ForbiddenLandingDir(DataError):
     """A run's ``landing_dir`` points outside the allowed landing roots."""
 
 
+class ColumnMapFile(BaseModel):
+    """A column-map file (see :func:`load_column_map`); each key is optional."""
+
+    # strict: "features": "danceability" must not pass as the list of its letters.
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    columns: dict[str, str] | None = None
+    date_column: str | None = None
+    pattern: str | None = Field(default=None, min_length=1)
+    encoding: str | None = None
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+    decimal: str | None = Field(default=None, min_length=1, max_length=1)
+    features: list[str] | None = Field(default=None, min_length=1)
+    optional_features: list[str] | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f'unknown encoding {value!r} (e.g. "utf-8", "latin-1")') from None
+        return value
+
+
+# Column-map key -> the field it sets (of FileSourceConfig, or of DatasetSpec for the features).
 _COLUMN_MAP_KEYS = {
     "columns": "column_map",
     "date_column": "date_column",
@@ -444,36 +612,6 @@ _COLUMN_MAP_KEYS = {
     "features": "features",
     "optional_features": "optional_features",
 }
-
-
-def _column_map_model() -> Any:
-    """The pydantic model of a column-map file (built on first use: pydantic is not a cheap import)."""
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-    class ColumnMapFile(BaseModel):
-        # strict: "features": "danceability" must not pass as the list of its letters.
-        model_config = ConfigDict(extra="forbid", strict=True)
-
-        columns: dict[str, str] | None = None
-        date_column: str | None = None
-        pattern: str | None = Field(default=None, min_length=1)
-        encoding: str | None = None
-        delimiter: str | None = Field(default=None, min_length=1, max_length=1)
-        decimal: str | None = Field(default=None, min_length=1, max_length=1)
-        features: list[str] | None = Field(default=None, min_length=1)
-        optional_features: list[str] | None = None
-
-        @field_validator("encoding")
-        @classmethod
-        def _known_encoding(cls, value: str | None) -> str | None:
-            if value is not None:
-                try:
-                    codecs.lookup(value)
-                except LookupError:
-                    raise ValueError(f"unknown encoding {value!r} (e.g. \"utf-8\", \"latin-1\")") from None
-            return value
-
-    return ColumnMapFile
 
 
 def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, Any]:
@@ -488,8 +626,6 @@ def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, A
     label ``target`` among the features.
     Whether the renamed source columns exist is checked when the landing files are read.
     """
-    from pydantic import ValidationError
-
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -501,14 +637,10 @@ def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, A
     if not isinstance(raw, dict):
         raise ColumnMapError(f"column map {path}: expected a JSON object with keys {sorted(_COLUMN_MAP_KEYS)}")
     try:
-        parsed = _column_map_model().model_validate(raw)
+        parsed = ColumnMapFile.model_validate(raw)
     except ValidationError as err:
-        problems = "; ".join(
-            f"key '{'.'.join(str(part) for part in e['loc'])}': {e['msg']}" for e in err.errors()
-        )
-        raise ColumnMapError(
-            f"column map {path}: {problems} (allowed keys: {', '.join(_COLUMN_MAP_KEYS)})"
-        ) from err
+        problems = "; ".join(f"key '{'.'.join(str(part) for part in e['loc'])}': {e['msg']}" for e in err.errors())
+        raise ColumnMapError(f"column map {path}: {problems} (allowed keys: {', '.join(_COLUMN_MAP_KEYS)})") from err
     for key in ("features", "optional_features"):
         if target in (getattr(parsed, key) or ()):
             raise ColumnMapError(f"column map {path}: key '{key}' lists the label '{target}', which is no feature")

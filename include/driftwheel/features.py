@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from driftwheel.config import FeatureConfig
+
 # Words in a song title that mark versions and collaborations; they move popularity in the seed
 # data (a remix or live version of a hit sells less than the hit).
 TITLE_WORDS: dict[str, str] = {
@@ -74,16 +76,6 @@ class FeatureColumns:
         """The raw columns a prediction needs."""
         text = tuple(c for c in (self.artist, self.title, self.album) if c)
         return (self.period, *self.numeric, *text)
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    # Pseudo-count pulling an artist's mean residual towards 0: two past tracks are weak evidence.
-    shrinkage: float = 3.0
-    # Weight of a track ``k`` periods older than the newest past period, in the decayed mean.
-    decay: float = 0.75
-    # Yearly means in the linear trend of the label level.
-    trend_window: int = 4
 
 
 def guest_artists(title: str) -> list[str]:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from driftwheel.config import DatasetSpec, TrainingConfig, TrendResidualConfig
-from driftwheel.features import FeatureColumns, FeatureConfig, LabelHistory, build_features, trend_level
+from driftwheel.features import FeatureColumns, LabelHistory, build_features, trend_level
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +150,8 @@ def _minibatch_epochs(
 
 def _fit(net: PopularityNet, x: torch.Tensor, y: torch.Tensor, epochs: int, config: TrainingConfig) -> list[float]:
     # Frozen layers (transfer learning) have requires_grad False and stay out of the optimizer.
-    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.learning_rate)
-    return _minibatch_epochs(net, optimizer, x, y, epochs, config.batch_size, config.seed)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=config.study_net.learning_rate)
+    return _minibatch_epochs(net, optimizer, x, y, epochs, config.study_net.batch_size, config.seed)
 
 
 def train_full(frame: pd.DataFrame, features: tuple[str, ...], target: str, config: TrainingConfig) -> TrainedModel:
@@ -161,30 +161,30 @@ def train_full(frame: pd.DataFrame, features: tuple[str, ...], target: str, conf
         torch.manual_seed(config.seed)
         prep = Preprocessing.fit(frame, features, target)
         net = PopularityNet(len(features))
-        losses = _fit(net, prep.transform(frame), prep.scale_target(frame[target].to_numpy(float)), config.epochs, config)
+        losses = _fit(net, prep.transform(frame), prep.scale_target(frame[target].to_numpy(float)), config.study_net.epochs, config)
     seconds = time.perf_counter() - started
-    logger.info("full training on %d rows, %d epochs: %.2f s, final loss %.4f", len(frame), config.epochs, seconds, losses[-1])
+    logger.info("full training on %d rows, %d epochs: %.2f s, final loss %.4f", len(frame), config.study_net.epochs, seconds, losses[-1])
     return TrainedModel(net, prep, "full", seconds, losses)
 
 
 def fine_tune(parent: TrainedModel, frame: pd.DataFrame, target: str, config: TrainingConfig) -> TrainedModel:
-    """A copy of ``parent`` with its first ``config.freeze_layers`` layers frozen, fine-tuned on ``frame``."""
+    """A copy of ``parent`` with its first ``config.study_net.freeze_layers`` layers frozen, fine-tuned on ``frame``."""
     started = time.perf_counter()
     with _torch_threads(1):
         torch.manual_seed(config.seed)
         net = copy.deepcopy(parent.net)
         for i, layer in enumerate(net.layers):
-            layer.requires_grad_(i >= config.freeze_layers)
+            layer.requires_grad_(i >= config.study_net.freeze_layers)
         prep = parent.preprocessing
-        losses = _fit(net, prep.transform(frame), prep.scale_target(frame[target].to_numpy(float)), config.fine_tune_epochs, config)
+        losses = _fit(net, prep.transform(frame), prep.scale_target(frame[target].to_numpy(float)), config.study_net.fine_tune_epochs, config)
         net.requires_grad_(True)
     seconds = time.perf_counter() - started
     logger.info(
         "transfer fine-tune on %d rows (%d of %d layers frozen), %d epochs: %.2f s, final loss %.4f",
         len(frame),
-        config.freeze_layers,
+        config.study_net.freeze_layers,
         len(net.layers),
-        config.fine_tune_epochs,
+        config.study_net.fine_tune_epochs,
         seconds,
         losses[-1] if losses else float("nan"),
     )
@@ -223,10 +223,6 @@ def feature_columns(spec: DatasetSpec, frame: pd.DataFrame) -> FeatureColumns:
     )
 
 
-def _feature_config(config: TrendResidualConfig) -> FeatureConfig:
-    return FeatureConfig(shrinkage=config.shrinkage, decay=config.decay, trend_window=config.trend_window)
-
-
 @dataclass
 class TrendResidualModel:
     """Trend level + residual ensemble, with everything it learnt from labels inside.
@@ -263,7 +259,7 @@ class TrendResidualModel:
         """
         known = self.history.period_means
         levels = {
-            int(p): float(known[int(p)]) if int(p) in known.index else trend_level(known, int(p), self.config.trend_window)
+            int(p): float(known[int(p)]) if int(p) in known.index else trend_level(known, int(p), self.config.features.trend_window)
             for p in periods.unique()
         }
         return periods.astype(int).map(levels).to_numpy(float)
@@ -273,7 +269,7 @@ class TrendResidualModel:
 
         A row of period ``t`` reads the label history of periods before ``t`` only.
         """
-        x = build_features(self.history, frame, self.columns, _feature_config(self.config))
+        x = build_features(self.history, frame, self.columns, self.config.features)
         return self.level(frame[self.columns.period]) + self.predict_residual(x)
 
     def predict_residual(self, x: pd.DataFrame) -> np.ndarray:
@@ -299,7 +295,7 @@ def _row_keys(frame: pd.DataFrame, columns: FeatureColumns) -> np.ndarray:
 
 def _labelled_rows(history: LabelHistory, labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrendResidualConfig) -> pd.DataFrame:
     """Featurized fit rows of ``labelled`` with their residual target, period and row key."""
-    x = build_features(history, labelled, columns, _feature_config(config))
+    x = build_features(history, labelled, columns, config.features)
     period = labelled[columns.period].astype(int)
     rows = x.assign(
         residual=(labelled[columns.target].astype(float) - period.map(history.period_means)).to_numpy(),
@@ -388,11 +384,16 @@ def fine_tune_trend_residual(parent: TrendResidualModel, labelled: pd.DataFrame,
     finished = time.perf_counter()
     buffer = _replay_buffer(pd.concat([old, new_rows], ignore_index=True), cfg.replay_buffer_rows)
     model = dataclasses.replace(
-        parent, nets=nets, history=history, replay=buffer, config=cfg, strategy="trend_residual",
+        parent, nets=nets, history=history, replay=buffer, config=_keeping_shape(cfg, parent.config), strategy="trend_residual",
         train_seconds=finished - built, feature_seconds=built - started, epoch_losses=losses,
     )
     logger.info("trend_residual fine-tune on %d new + %d replayed rows: features %.2f s, training %.2f s", len(new_rows), n_replay, model.feature_seconds, model.train_seconds)
     return model
+
+
+def _keeping_shape(config: TrendResidualConfig, parent: TrendResidualConfig) -> TrendResidualConfig:
+    """``config`` with the parent's network shape: a fine-tune trains the parent's networks."""
+    return dataclasses.replace(config, ensemble_size=parent.ensemble_size, hidden=parent.hidden, dropout=parent.dropout)
 
 
 # -- saving and loading ----------------------------------------------------------------------------
@@ -442,7 +443,10 @@ def load(files: Mapping[str, Path]) -> AnyModel:
         net.eval()
         return TrainedModel(net, prep, strategy)
     columns = FeatureColumns(**_tuples(raw["columns"]))
-    config = TrendResidualConfig(**_tuples(raw["config"]))
+    saved = raw["config"]
+    if "shrinkage" in saved:  # saved before the feature knobs had their own section
+        saved["features"] = {k: saved.pop(k) for k in ("shrinkage", "decay", "trend_window")}
+    config = TrendResidualConfig(**saved)
     features = tuple(raw["features"])
     nets: list[ResidualNet] = []
     for state in torch.load(files["weights"], weights_only=True)["members"]:

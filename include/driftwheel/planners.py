@@ -99,8 +99,8 @@ def plan_trend_residual(settings: Settings, period: int, parent: Any, parent_mod
         period=period,
         strategy="trend_residual",
         parent=str(parent.version) if parent and warm_parent else None,
-        training=dataclasses.asdict(cfg),
-        dataset=dataclasses.asdict(settings.dataset),
+        training=cfg.fingerprint_inputs("trend_residual", from_parent=warm_parent is not None),
+        columns=dataclasses.asdict(warm_parent.columns if warm_parent else model_lib.feature_columns(settings.dataset, labelled)),
     )
     return TrainingPlan("trend_residual", digest, training_periods, int(fit.sum()), labelled.head(5), warm_parent is None, train)
 
@@ -122,11 +122,11 @@ def plan_study_net(settings: Settings, period: int, parent: Any, parent_model: A
         if parent is None and earlier:
             rows = pd.concat([store.read_partitions(settings.curated_dir, earlier), latest_train], ignore_index=True)
             training_periods = [*earlier, period]
-    elif strategy == "transfer" and cfg.replay_share > 0:
+    elif strategy == "transfer" and cfg.study_net.replay_share > 0:
         earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
         if earlier:
             pool = store.read_partitions(settings.curated_dir, earlier)
-            replay = pool.sample(n=min(len(pool), int(cfg.replay_share * len(latest_train))), random_state=cfg.seed)
+            replay = pool.sample(n=min(len(pool), int(cfg.study_net.replay_share * len(latest_train))), random_state=cfg.seed)
             rows = pd.concat([latest_train, replay], ignore_index=True)
     if (
         strategy == "transfer"
@@ -154,7 +154,7 @@ def plan_study_net(settings: Settings, period: int, parent: Any, parent_model: A
         period=period,
         strategy=strategy,
         parent=str(parent.version) if parent else None,
-        training=dataclasses.asdict(cfg),
+        training=cfg.fingerprint_inputs(strategy, from_parent=strategy == "transfer", pooled=len(training_periods) > 1),
     )
     return TrainingPlan(strategy, digest, training_periods, len(rows), rows.head(5), strategy == "full", train)
 

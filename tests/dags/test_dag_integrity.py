@@ -19,8 +19,11 @@ DAGS = REPO / "dags"
 HEAVY = {"torch", "evidently", "mlflow", "pandas", "numpy", "sklearn", "pyarrow", "spotipy", "driftwheel"}
 
 PARSE = """
-import json, sys, time
+import gc, json, sys, time
 from airflow.dag_processing.dagbag import DagBag
+# As Airflow's DAG processor does before it forks a parser: without it, whichever file happens to
+# tip the allocation count pays for a full collection of Airflow's whole heap (~1 s on a busy machine).
+gc.freeze()
 started = time.perf_counter()
 bag = DagBag(sys.argv[1])
 seconds = time.perf_counter() - started
@@ -112,7 +115,9 @@ def test_dag_files_import_nothing_heavy_at_top_level() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            assert not [n for n in names if n.split(".")[0] in HEAVY], f"{path.name}:{node.lineno}"
+            # The settings module is light (no data library) and gives the DAG its year bounds.
+            heavy = [n for n in names if n.split(".")[0] in HEAVY and n != "driftwheel.config"]
+            assert not heavy, f"{path.name}:{node.lineno}"
 
 
 def test_live_ingest_and_retrain_are_joined_by_an_asset(parsed: dict) -> None:

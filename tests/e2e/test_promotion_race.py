@@ -24,7 +24,7 @@ import pytest
 
 from tracks import land, make_tracks
 from driftwheel import registry, steps
-from driftwheel.config import Settings
+from driftwheel.config import Settings, StudyNetConfig
 from driftwheel.replay import replay
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +58,9 @@ def test_concurrent_promotions_leave_one_champion_and_never_the_worse_model(
     summary = steps.report_drift(flywheel, 2012)
     run_id, first = summary["mlflow_run_id"], summary["champion_version"]
     good = steps.retrain_model(flywheel, 2012, run_id, first)["version"]
-    reckless = dataclasses.replace(flywheel.training, strategy="full", epochs=1, learning_rate=1e-6)
+    reckless = dataclasses.replace(
+        flywheel.training, strategy="full", study_net=StudyNetConfig(epochs=1, learning_rate=1e-6)
+    )
     bad = steps.retrain_model(dataclasses.replace(flywheel, training=reckless), 2012, run_id, None)["version"]
 
     client = registry.connect(uri)
