@@ -499,17 +499,23 @@ class LocalStack:
         """Call the REST API as the admin user; return the decoded JSON answer (None when empty).
 
         Raises :class:`ApiError` for an HTTP error status. The token is fetched once and again
-        when the API answers 401 (it expires).
+        when the API answers 401 (it expires). A server error or no answer at all raises
+        :class:`ProcessDied` instead when a process of the stack (its database, the API server) died.
         """
         for attempt in (1, 2):
-            if self._token is None:
-                self._token = self.api_token(*self.admin_credentials())
             try:
+                if self._token is None:
+                    self._token = self.api_token(*self.admin_credentials())
                 return _http_json(method, self.api_url + path, body, self._token, timeout)
             except ApiError as e:
                 if e.status == 401 and attempt == 1:
                     self._token = None
                     continue
+                if e.status >= 500:
+                    self.check_processes()  # a dead database or API server is named as such
+                raise
+            except OSError:
+                self.check_processes()
                 raise
         raise AssertionError("unreachable")
 
