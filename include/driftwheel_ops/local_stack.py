@@ -214,12 +214,15 @@ class LocalStack:
         carrying this stack's marker (orphaned executor workers, task supervisors) are ended too,
         except processes that live pid files name (and theirs), which this object did not start.
         """
+        # Without their database the processes cannot shut down cleanly (the scheduler waits for it
+        # to hand back its tasks): give them the orphans' grace, not a clean shutdown's.
+        grace = ORPHAN_GRACE if self._pg is not None and not self._pg.running() else 20.0
         for name in reversed(list(self._procs)):
             proc = self._procs.pop(name)
             t0 = time.monotonic()
             if proc.poll() is not None:
                 log.warning("%s (pid %d) had already exited with %s", name, proc.pid, proc.returncode)
-            terminate_tree(proc.pid)
+            terminate_tree(proc.pid, grace=grace)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

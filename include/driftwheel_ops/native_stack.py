@@ -85,7 +85,6 @@ from typing import Any
 
 import psutil
 
-from driftwheel_ops.mlflow_users import MLFLOW_ADMIN, TASK_USER, ProvisionError, provision_task_user
 from driftwheel_ops.local_stack import (
     LocalStack,
     StackConfig,
@@ -94,6 +93,7 @@ from driftwheel_ops.local_stack import (
     recorded_process,
     terminate_tree,
 )
+from driftwheel_ops.mlflow_users import MLFLOW_ADMIN, TASK_USER, ProvisionError, provision_task_user
 
 log = logging.getLogger(__name__)
 
