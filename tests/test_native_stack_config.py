@@ -151,6 +151,18 @@ def test_a_task_lost_with_its_worker_is_retried_after_the_configured_heartbeat_t
     assert env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] == "20"
 
 
+def test_a_task_a_dead_worker_never_started_is_sent_again_after_the_configured_queued_timeout(tmp_path: Path) -> None:
+    """Not Airflow's 600 s: the scheduler requeues a task stuck in "queued" after 120 s (configurable),
+    checking every 15 s; each worker holds one unacknowledged message per slot."""
+    env = _stack(tmp_path).env
+    assert env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"] == "120"
+    assert env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL"] == "15"
+    assert env["AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER"] == "1"
+    assert env["AIRFLOW__CELERY__TASK_ACKS_LATE"] == "True"
+    assert NativeStackConfig.from_env({"FLYWHEEL_TASK_QUEUED_TIMEOUT": "90"}).task_queued_timeout == 90
+    assert _stack(tmp_path, task_queued_timeout=45).env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"] == "45"
+
+
 def test_mlflow_runs_the_basic_auth_app_with_its_own_user_store(tmp_path: Path) -> None:
     stack = _stack(tmp_path)
     argv = stack.processes()["mlflow"]

@@ -54,6 +54,7 @@ SECRETS = {
     "AIRFLOW_JWT_SECRET",
     "AIRFLOW_API_SECRET_KEY",
     "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_TASK_PASSWORD",
     "MLFLOW_FLASK_SECRET_KEY",
 }
 
@@ -238,7 +239,7 @@ def test_airflow_and_python_versions_agree_across_requirements_dockerfile_and_co
 # -- topology -----------------------------------------------------------------------------------
 def test_compose_has_the_celery_topology() -> None:
     services = interpolate(_compose(), _env_example())["services"]
-    assert set(services) == AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "check-secrets"}
+    assert set(services) == AIRFLOW_SERVICES | {"postgres", "redis", "mlflow", "mlflow-init", "check-secrets"}
     assert services["flower"]["profiles"] == ["flower"]
 
     for name in AIRFLOW_SERVICES:
@@ -273,7 +274,7 @@ def test_start_up_is_gated_by_health_and_the_init_job() -> None:
     for name, service in services.items():
         for target in service.get("depends_on", {}):
             assert target in services, f"{name} depends on unknown {target}"
-        if name not in ("airflow-init", "check-secrets"):
+        if name not in ("airflow-init", "mlflow-init", "check-secrets"):  # one-shot jobs
             assert "healthcheck" in service, f"{name} has no healthcheck"
         if name != "check-secrets":
             # Nothing starts, the databases included, before the secrets passed the check.
@@ -290,6 +291,8 @@ def test_start_up_is_gated_by_health_and_the_init_job() -> None:
     assert condition("mlflow", "postgres") == "service_healthy"
     assert condition("airflow-worker", "airflow-apiserver") == "service_healthy"
     assert condition("airflow-worker", "mlflow") == "service_healthy"
+    assert condition("mlflow-init", "mlflow") == "service_healthy"
+    assert condition("airflow-worker", "mlflow-init") == "service_completed_successfully"
 
 
 def test_mlflow_serves_artifacts_over_http_to_the_host_name_the_tasks_use() -> None:
@@ -322,10 +325,23 @@ def test_mlflow_requires_a_login_and_the_workers_have_one() -> None:
     assert env["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
     assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == _env_example()["MLFLOW_ADMIN_PASSWORD"]
     assert env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == _env_example()["MLFLOW_FLASK_SECRET_KEY"]
+    # The tasks log in as their own user, never as MLflow's admin; mlflow-init makes that user
+    # (as admin, once MLflow is healthy) before any worker starts.
     worker = _environment(services["airflow-worker"])
-    assert (worker["MLFLOW_TRACKING_USERNAME"], worker["MLFLOW_TRACKING_PASSWORD"]) == (
-        "admin", _env_example()["MLFLOW_ADMIN_PASSWORD"]
-    )  # fmt: skip
+    assert worker["MLFLOW_TRACKING_USERNAME"] == "flywheel"
+    assert worker["MLFLOW_TRACKING_PASSWORD"] == _env_example()["MLFLOW_TASK_PASSWORD"]
+    assert _env_example()["MLFLOW_TASK_PASSWORD"] != _env_example()["MLFLOW_ADMIN_PASSWORD"]
+    assert services["airflow-worker"]["depends_on"]["mlflow-init"] == {"condition": "service_completed_successfully"}
+    init = services["mlflow-init"]
+    assert init["command"] == ["python", "-m", "driftwheel_ops.mlflow_users"]
+    assert init["depends_on"]["mlflow"] == {"condition": "service_healthy"}
+    assert init["restart"] == "no" and "./include:/opt/airflow/include:ro" in init["volumes"]
+    init_env = _environment(init)
+    assert (init_env["MLFLOW_TASK_USER"], init_env["MLFLOW_TASK_PASSWORD"]) == ("flywheel", worker["MLFLOW_TRACKING_PASSWORD"])
+    assert init_env["MLFLOW_ADMIN_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert init_env["MLFLOW_TRACKING_URI"] == worker["FLYWHEEL_MLFLOW_TRACKING_URI"]
+    assert init_env["PYTHONPATH"] == "/opt/airflow/include"
+    assert (REPO / "include" / "driftwheel_ops" / "mlflow_users.py").is_file()
     # The basic-auth app imports Flask-WTF: the image must install MLflow's [auth] extra.
     assert re.search(r"^mlflow\[auth\]==", (REPO / "requirements.txt").read_text(), re.MULTILINE)
 
@@ -338,6 +354,7 @@ SECRETS_BY_SERVICE = {
     "airflow-dag-processor": {"AIRFLOW__CORE__FERNET_KEY"},
     "airflow-triggerer": {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY"},
     "airflow-worker": {"AIRFLOW__API__SECRET_KEY", "MLFLOW_TRACKING_PASSWORD"},
+    "mlflow-init": {"MLFLOW_ADMIN_PASSWORD", "MLFLOW_TASK_PASSWORD"},
     "flower": set(),
     "mlflow": {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"},
     "redis": set(),

@@ -214,12 +214,15 @@ class LocalStack:
         carrying this stack's marker (orphaned executor workers, task supervisors) are ended too,
         except processes that live pid files name (and theirs), which this object did not start.
         """
+        # Without their database the processes cannot shut down cleanly (the scheduler waits for it
+        # to hand back its tasks): give them the orphans' grace, not a clean shutdown's.
+        grace = ORPHAN_GRACE if self._pg is not None and not self._pg.running() else 20.0
         for name in reversed(list(self._procs)):
             proc = self._procs.pop(name)
             t0 = time.monotonic()
             if proc.poll() is not None:
                 log.warning("%s (pid %d) had already exited with %s", name, proc.pid, proc.returncode)
-            terminate_tree(proc.pid)
+            terminate_tree(proc.pid, grace=grace)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -499,17 +502,23 @@ class LocalStack:
         """Call the REST API as the admin user; return the decoded JSON answer (None when empty).
 
         Raises :class:`ApiError` for an HTTP error status. The token is fetched once and again
-        when the API answers 401 (it expires).
+        when the API answers 401 (it expires). A server error or no answer at all raises
+        :class:`ProcessDied` instead when a process of the stack (its database, the API server) died.
         """
         for attempt in (1, 2):
-            if self._token is None:
-                self._token = self.api_token(*self.admin_credentials())
             try:
+                if self._token is None:
+                    self._token = self.api_token(*self.admin_credentials())
                 return _http_json(method, self.api_url + path, body, self._token, timeout)
             except ApiError as e:
                 if e.status == 401 and attempt == 1:
                     self._token = None
                     continue
+                if e.status >= 500:
+                    self.check_processes()  # a dead database or API server is named as such
+                raise
+            except OSError:
+                self.check_processes()
                 raise
         raise AssertionError("unreachable")
 

@@ -23,6 +23,8 @@ it from the environment::
                                (default: generated once)
     FLYWHEEL_TASK_HEARTBEAT_TIMEOUT  seconds without a heartbeat after which a running task is
                                taken as lost (its worker died) and retried (default 60)
+    FLYWHEEL_TASK_QUEUED_TIMEOUT  seconds a task may stay queued -- sent to a worker that died before
+                               starting it -- before the scheduler sends it again (default 120)
 
 Databases that do not exist yet are created. Everything else lives under the stack directory::
 
@@ -47,7 +49,12 @@ gets only the secrets it uses: MLflow none of Airflow's, only the workers MLflow
 ``up`` is idempotent: it starts what is not running (by pid file and start time) and leaves the
 rest alone, so after a crash of a worker or MLflow a second ``up`` starts just that process.
 A task whose worker died mid-task stops heartbeating; after FLYWHEEL_TASK_HEARTBEAT_TIMEOUT the
-scheduler fails that try and the task's retry runs on a live worker.
+scheduler fails that try and the task's retry runs on a live worker. A task the dead worker had
+received but not started is still "queued" for Airflow: after FLYWHEEL_TASK_QUEUED_TIMEOUT the
+scheduler revokes it and sends it again (at most twice, Airflow's ``num_stuck_in_queued_retries``,
+then the try fails and the task's retries apply). The price of a short value: a task that merely
+waits that long for a free worker slot is sent again too (harmless, it still waits for a slot) and,
+after three such waits, failed; raise it if tasks queue for minutes behind long ones.
 
 Several workers on one machine share one hostname, so each worker reports its Celery node name
 (``worker-1@<host>``) as the hostname of the task instances it runs: the UI and the metadata
@@ -60,7 +67,6 @@ This module never imports airflow.
 from __future__ import annotations
 
 import argparse
-import base64
 import configparser
 import contextlib
 import json
@@ -87,16 +93,19 @@ from driftwheel_ops.local_stack import (
     recorded_process,
     terminate_tree,
 )
+from driftwheel_ops.mlflow_users import MLFLOW_ADMIN, TASK_USER, ProvisionError, provision_task_user
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 ADMIN_USER = "admin"
-MLFLOW_ADMIN = "admin"
 # The tasks' MLflow user: no admin, EDIT on every experiment and registered model.
-MLFLOW_TASK_USER = "flywheel"
+MLFLOW_TASK_USER = TASK_USER
 DEFAULT_TASK_HEARTBEAT_TIMEOUT = 60
+DEFAULT_TASK_QUEUED_TIMEOUT = 120
+# How often the scheduler looks for tasks queued longer than that (Airflow: every 120 s).
+TASK_QUEUED_CHECK_INTERVAL = 15
 # The worker's node name, read by worker_hostname() in the task processes the worker starts.
 WORKER_HOSTNAME_ENV = "FLYWHEEL_WORKER_HOSTNAME"
 
@@ -127,6 +136,8 @@ class NativeStackConfig:
     mlflow_admin_password: str | None = None  # None: generated on first start, kept in mlflow-users.json
     # A lost task (its worker died) is retried this many seconds after its last heartbeat.
     task_heartbeat_timeout: int = DEFAULT_TASK_HEARTBEAT_TIMEOUT
+    # A task a dead worker received but never started is sent again this many seconds after queueing.
+    task_queued_timeout: int = DEFAULT_TASK_QUEUED_TIMEOUT
     extra_env: Mapping[str, str] = field(default_factory=dict)  # passed to every Airflow process
 
     @classmethod
@@ -143,7 +154,7 @@ class NativeStackConfig:
             "FLYWHEEL_CELERY_BROKER_URL", "FLYWHEEL_WORKERS", "FLYWHEEL_WORKER_CONCURRENCY", "FLYWHEEL_CELERY_QUEUE",
             "FLYWHEEL_API_HOST", "FLYWHEEL_API_PORT", "FLYWHEEL_MLFLOW_PORT", "FLYWHEEL_ADMIN_PASSWORD",
             "FLYWHEEL_MLFLOW_TRACKING_URI", "FLYWHEEL_MLFLOW_AUTH_DB_URI", "FLYWHEEL_MLFLOW_ADMIN_PASSWORD",
-            "FLYWHEEL_TASK_HEARTBEAT_TIMEOUT",
+            "FLYWHEEL_TASK_HEARTBEAT_TIMEOUT", "FLYWHEEL_TASK_QUEUED_TIMEOUT",
         }  # fmt: skip
         return cls(
             state_dir=state_dir,
@@ -160,6 +171,7 @@ class NativeStackConfig:
             mlflow_auth_db_uri=env.get("FLYWHEEL_MLFLOW_AUTH_DB_URI") or None,
             mlflow_admin_password=env.get("FLYWHEEL_MLFLOW_ADMIN_PASSWORD") or None,
             task_heartbeat_timeout=int(env.get("FLYWHEEL_TASK_HEARTBEAT_TIMEOUT") or DEFAULT_TASK_HEARTBEAT_TIMEOUT),
+            task_queued_timeout=int(env.get("FLYWHEEL_TASK_QUEUED_TIMEOUT") or DEFAULT_TASK_QUEUED_TIMEOUT),
             extra_env={k: v for k, v in env.items() if k.startswith("FLYWHEEL_") and k not in own},
         )
 
@@ -266,10 +278,16 @@ class NativeStack(LocalStack):
             # ([workers] min_heartbeat_interval, 5 s), so a live task never comes near it.
             # Not the broker's redelivery ([celery] task_acks_late, visibility timeout 24 h): a
             # redelivered workload of a task already "running" would be refused by the execution
-            # API anyway. A task only reserved by the dead worker, not started, stays "queued" until
-            # [scheduler] task_queued_timeout (600 s) requeues it; a lower value would also requeue
-            # tasks that merely wait for a free worker.
+            # API anyway.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(self.native.task_heartbeat_timeout),
+            # A task the dead worker received but never started stays "queued": the scheduler
+            # sends it again after this long instead of 600 s (see the module docstring).
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(self.native.task_queued_timeout),
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": str(TASK_QUEUED_CHECK_INTERVAL),
+            # One message reserved per free slot, acknowledged when the task ends: a dead worker
+            # holds at most what it ran (Airflow's defaults, pinned here).
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self._trigger_log_port),
             "FLYWHEEL_STATE_DIR": str(self.state_dir),
             "FLYWHEEL_MLFLOW_TRACKING_URI": self.mlflow_url,
@@ -458,40 +476,11 @@ class NativeStack(LocalStack):
             ini.write(out)
 
     def _provision_task_user(self) -> None:
-        """Create (or reset the password of) ``flywheel`` and grant it EDIT on every experiment and
-        registered model, through MLflow's auth REST API as ``admin``."""
-        admin = self.mlflow_credentials(MLFLOW_ADMIN)
-        user, password = self.mlflow_credentials()
-        status, body = self._mlflow_call("POST", "/api/2.0/mlflow/users/create", admin,
-                                         {"username": user, "password": password})  # fmt: skip
-        if status != 200:
-            if "RESOURCE_ALREADY_EXISTS" not in body and "already exists" not in body:
-                raise StackError(f"MLflow refused to create user {user!r}: {status} {body}")
-            status, body = self._mlflow_call("PATCH", "/api/2.0/mlflow/users/update-password", admin,
-                                             {"username": user, "password": password})  # fmt: skip
-            if status != 200:
-                raise StackError(f"MLflow refused to set the password of {user!r}: {status} {body}")
-        for resource_type in ("experiment", "registered_model"):
-            grant = {"username": user, "resource_type": resource_type, "resource_id": "*", "permission": "EDIT"}
-            status, body = self._mlflow_call("POST", "/api/3.0/mlflow/users/permissions/grant", admin, grant)
-            if status != 200 and "already exists" not in body:
-                raise StackError(f"MLflow refused to grant {user!r} EDIT on {resource_type}s: {status} {body}")
-        log.info("MLflow user %s (EDIT on every experiment and model) ready", user)
-
-    def _mlflow_call(
-        self, method: str, path: str, auth: tuple[str, str], body: Mapping[str, Any]
-    ) -> tuple[int, str]:
-        """(status, response text) of a JSON call to the MLflow server with basic auth."""
-        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        req = urllib.request.Request(
-            self.mlflow_url + path, data=json.dumps(dict(body)).encode(), method=method,
-            headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
-        )  # fmt: skip
+        """Create (or reset the password of) ``flywheel`` with EDIT on every experiment and model."""
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return int(resp.status), resp.read().decode(errors="replace")
-        except urllib.error.HTTPError as err:
-            return int(err.code), err.read().decode(errors="replace")
+            provision_task_user(self.mlflow_url, self.mlflow_credentials(MLFLOW_ADMIN), self.mlflow_credentials())
+        except ProvisionError as err:
+            raise StackError(str(err)) from None
 
 
 def stop_recorded(state_dir: Path) -> list[str]:

@@ -437,6 +437,52 @@ def test_live_mode_hands_new_files_to_training_through_the_asset(server: Server)
     assert row.rows == 300 and row.production_rmse is not None
 
 
+def test_a_year_survives_an_mlflow_restart_while_it_trains(server: Server) -> None:
+    """MLflow killed (kill -9, its whole tree) while ``retrain_model`` runs, restarted ~15 s later by
+    ``scripts/stack.sh up``: the task's MLflow client retries through the outage, the year finishes,
+    and no model version is registered twice."""
+    user, password = server.stack.admin_credentials()
+    token = server.token(user, password)[1]["access_token"]
+    landing = server.state_dir / "landing" / "incoming"  # 2016's file, from the live-mode test
+    conf = {"year": 2016, "source": "file", "landing_dir": str(landing), "force_retrain": True}
+    status, run = server.request(
+        "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"conf": conf, "logical_date": None}, token=token
+    )
+    assert status == 200, run
+    run_id = run["dag_run_id"]
+
+    def training() -> list[tuple[Any, ...]]:
+        return server.query(
+            "SELECT try_number FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = 'retrain_model'"
+            " AND state = 'running'",
+            (DAG_ID, run_id),
+        )
+
+    _wait_for("retrain_model running", training, timeout=900, every=0.5)
+    before = server.pids()
+    _kill_tree(before["mlflow"])  # type: ignore[arg-type]
+    killed_at = time.monotonic()
+    time.sleep(15)
+    up = server.stack_sh("up")
+    assert up.returncode == 0 and "started: mlflow\n" in up.stdout, up.stdout + up.stderr
+    back_at = time.monotonic()
+
+    finished = server.stack.wait_for_run(DAG_ID, run_id, timeout=900)
+    states = server.stack.task_states(DAG_ID, run_id)
+    assert finished.state == "success", states
+    assert states["retrain_model"] == "success" and states["finish_period"] == "success", states
+    (tries,) = server.query(
+        "SELECT try_number FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = 'retrain_model'",
+        (DAG_ID, run_id),
+    )[0]
+    log.info("MLflow down %.0fs (kill -9 to `up` done); retrain_model finished in try %d, the year %.0fs after MLflow was back",
+             back_at - killed_at, tries, time.monotonic() - back_at)  # fmt: skip
+    versions = _tracking(server).search_model_versions(f"name='{MODEL}'")
+    fingerprints = [v.tags.get(registry.T_FINGERPRINT) for v in versions]
+    assert all(fingerprints), [(v.version, v.tags) for v in versions]
+    assert len(set(fingerprints)) == len(fingerprints), "a version was registered twice"
+
+
 def test_mlflow_refuses_anonymous_writes_and_gets_no_airflow_secret(server: Server) -> None:
     create = "/api/2.0/mlflow/experiments/create"
     assert _mlflow_post(server, create, {"name": "anonymous"}, None) == 401

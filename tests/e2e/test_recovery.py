@@ -24,10 +24,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
+import psycopg2
+import psycopg2.extensions
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -287,5 +290,176 @@ def test_ui_needs_logins_and_a_killed_postgres_ends_it(state_root: Path) -> None
     finally:
         if cli.proc.poll() is None:
             cli.proc.kill()
+    assert "Traceback" not in cli.output, cli.output
+    _assert_nothing_left(state)
+
+
+# -- kill -9 during registration, and the API server or PostgreSQL dying under `demo` ------------------
+
+# The key of the advisory lock the test holds while a registration waits for it (see _PAUSE_SQL).
+PAUSE_KEY = 8_808_808
+# Makes the first registry write that follows a *committed* model version wait for the test's
+# advisory lock: setting an alias (what the flywheel does right after creating a version), or adding
+# a tag to a version that an earlier transaction created (what a registration that tags after
+# creating would do: there the version exists untagged while it waits). A tag written in the
+# version's own transaction (the creation) passes. Installed in MLflow's database by the test only.
+_PAUSE_SQL = f"""
+CREATE FUNCTION test_pause_after_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'registered_model_aliases' OR EXISTS (
+        SELECT 1 FROM model_versions
+        WHERE name = NEW.name AND version = NEW.version
+          AND xmin::text::bigint <> txid_current() % 4294967296
+    ) THEN
+        PERFORM pg_advisory_xact_lock({PAUSE_KEY});
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER test_pause_alias BEFORE INSERT OR UPDATE ON registered_model_aliases
+    FOR EACH ROW EXECUTE FUNCTION test_pause_after_version();
+CREATE TRIGGER test_pause_tag BEFORE INSERT ON model_version_tags
+    FOR EACH ROW EXECUTE FUNCTION test_pause_after_version();
+"""
+
+
+def _embedded_pg(state: Path, database: str) -> psycopg2.extensions.connection:
+    """A connection to the demo's embedded PostgreSQL (unix socket and port from postmaster.pid)."""
+    lines = (state / "pg" / "postmaster.pid").read_text().splitlines()
+    conn = psycopg2.connect(host=lines[4].strip(), port=int(lines[3]), user="postgres", dbname=database)
+    conn.autocommit = True
+    return conn
+
+
+def _rows(conn: psycopg2.extensions.connection, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cur:
+        cur.execute(query, params)
+        return list(cur.fetchall())
+
+
+def _wait_for(what: str, probe: Callable[[], Any], cli: Cli, timeout: float = RUN_TIMEOUT, every: float = 0.2) -> Any:
+    """The first truthy result of ``probe()``; fails if the demo exits or ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            found = probe()
+        except (psycopg2.OperationalError, psycopg2.ProgrammingError, FileNotFoundError, IndexError):
+            found = None  # the embedded PostgreSQL, a database or its tables are not up yet
+        if found:
+            return found
+        assert cli.proc.poll() is None, f"the demo ended while waiting for {what}:\n{cli.output}"
+        time.sleep(every)
+    pytest.fail(f"no {what} after {timeout}s:\n{cli.output}")
+
+
+def _end(cli: Cli) -> None:
+    """Stop the demo if a test failed midway: SIGTERM unwinds it and stops its stack; SIGKILL if it hangs."""
+    if cli.proc.poll() is None:
+        cli.proc.terminate()
+        try:
+            cli.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            cli.proc.kill()
+
+
+def _task_process(ti_id: str) -> psutil.Process:
+    """The task process that runs task instance ``ti_id`` (Airflow titles it ``airflow worker -- <id>``)."""
+    for proc in psutil.process_iter():
+        try:
+            if f"airflow worker -- {ti_id}" in " ".join(proc.cmdline()):
+                return proc
+        except psutil.Error:
+            continue
+    pytest.fail(f"no task process for task instance {ti_id}")
+
+
+def test_kill_9_while_registering_then_a_dead_api_server(state_root: Path) -> None:
+    """kill -9 of ``retrain_model``'s process through the scheduler, at the moment its model version exists
+    (PostgreSQL-backed MLflow): the retry reuses that version -- one version, fingerprinted, no orphan.
+    Then kill -9 of the API server in the next year: the demo says so within seconds and exits 1."""
+    state = state_root / "state"
+    args = ["--api-port", str(_free_port()), "demo", "--start", "2008", "--end", "2009"]
+    # 2008 trains the first model (no warm-up years to pool first).
+    cli = Cli(args, state, FLYWHEEL_WARMUP_START="2008", FLYWHEEL_WARMUP_END="2008")
+    holder: psycopg2.extensions.connection | None = None
+    try:
+        airflow_db = _wait_for("Airflow database", lambda: _embedded_pg(state, "airflow"), cli)
+        running = (
+            "SELECT id::text, run_id, try_number FROM task_instance WHERE task_id = 'retrain_model' AND state = 'running'"
+        )
+        ti_id, run_id, try_number = _wait_for("running retrain_model", lambda: _rows(airflow_db, running), cli)[0]
+        assert try_number == 1
+        mlflow_db = _embedded_pg(state, "mlflow")
+        assert _rows(mlflow_db, "SELECT count(*) FROM model_versions") == [(0,)]  # the pause is in place in time
+        holder = _embedded_pg(state, "mlflow")
+        _rows(holder, f"SELECT pg_advisory_lock({PAUSE_KEY})")
+        with mlflow_db.cursor() as cur:
+            cur.execute(_PAUSE_SQL)
+        waiting = f"SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = {PAUSE_KEY} AND NOT granted"
+        _wait_for("registration waiting after its version was created", lambda: _rows(mlflow_db, waiting), cli, 300)
+        versions = _rows(mlflow_db, "SELECT name, version FROM model_versions")
+        assert len(versions) == 1, versions
+        task = _task_process(ti_id)
+        killed_at = time.monotonic()
+        task.kill()
+        task.wait(timeout=30)
+        # The waiting transaction now runs on into a closed connection and rolls back; the retry
+        # (10 s later) passes the pause freely.
+        _rows(holder, f"SELECT pg_advisory_unlock({PAUSE_KEY})")
+        with mlflow_db.cursor() as cur:
+            cur.execute("DROP TRIGGER test_pause_alias ON registered_model_aliases;"
+                        "DROP TRIGGER test_pause_tag ON model_version_tags")  # fmt: skip
+
+        done_at, _ = cli.wait_for_line(r"^\s+2008: success in", timeout=RUN_TIMEOUT)
+        log.info("2008 finished %.1fs after its registering task was killed", done_at - killed_at)
+        name, version = versions[0]
+        assert _rows(mlflow_db, "SELECT version FROM model_versions WHERE name = %s", (name,)) == [(version,)]
+        tags = dict(_rows(mlflow_db, "SELECT key, value FROM model_version_tags WHERE name = %s", (name,)))
+        assert tags.get("flywheel.fingerprint"), tags
+        retried = _rows(
+            airflow_db,
+            "SELECT t.try_number, x.value FROM task_instance t JOIN xcom x ON x.task_id = t.task_id AND x.run_id = t.run_id"
+            " WHERE t.task_id = 'retrain_model' AND t.run_id = %s AND x.key = 'return_value'",
+            (run_id,),
+        )
+        assert len(retried) == 1 and retried[0][0] == 2, retried
+        returned = retried[0][1] if isinstance(retried[0][1], dict) else json.loads(retried[0][1])
+        assert returned["reused"] is True and returned["version"] == str(version), returned
+        airflow_db.close()
+        mlflow_db.close()
+
+        # 2009 is running now.
+        api_server = _pid(state / "run" / "api-server.pid")
+        killed_at = time.monotonic()
+        os.kill(api_server, signal.SIGKILL)
+        said = r"api-server \(pid \d+\) was killed by SIGKILL; its log: .*api-server\.log"
+        said_at, _ = cli.wait_for_line(said, REPORTED_WITHIN)
+        assert cli.wait(timeout=300) == 1, cli.output
+        log.info("API server kill reported after %.1fs; demo exited after %.1fs",
+                 said_at - killed_at, time.monotonic() - killed_at)  # fmt: skip
+    finally:
+        if holder is not None:
+            holder.close()
+        _end(cli)
+    assert "Traceback" not in cli.output, cli.output
+    _assert_nothing_left(state)
+
+
+def test_a_killed_postgres_ends_the_demo_at_once(state_root: Path) -> None:
+    state = state_root / "state"
+    cli = Cli(["--api-port", str(_free_port()), "demo", "--start", "2008", "--end", "2009"], state)
+    try:
+        airflow_db = _wait_for("Airflow database", lambda: _embedded_pg(state, "airflow"), cli)
+        running = "SELECT task_id FROM task_instance WHERE state = 'running'"
+        _wait_for("a running task", lambda: _rows(airflow_db, running), cli)
+        airflow_db.close()
+        postmaster = _pid(state / "pg" / "postmaster.pid")
+        killed_at = time.monotonic()
+        os.kill(postmaster, signal.SIGKILL)
+        said_at, _ = cli.wait_for_line(r"PostgreSQL \(pid \d+\) is no longer running; its log: ", REPORTED_WITHIN)
+        assert cli.wait(timeout=300) == 1, cli.output
+        log.info("PostgreSQL kill under demo reported after %.1fs; demo exited after %.1fs",
+                 said_at - killed_at, time.monotonic() - killed_at)  # fmt: skip
+    finally:
+        _end(cli)
     assert "Traceback" not in cli.output, cli.output
     _assert_nothing_left(state)
