@@ -81,8 +81,7 @@ def test_rerun_of_a_period_reuses_its_version_and_scores_the_model_it_had(flywhe
 def test_a_knob_of_another_model_family_does_not_retrain_the_model(flywheel: Settings) -> None:
     """FLYWHEEL_EPOCHS sets the study net's epochs: the default model trained from the same data is
     found again, not registered twice; the study net's own epochs do make a new version."""
-    for year in (2010, 2011):
-        steps.run_period(flywheel, year)
+    replay(flywheel, [2010, 2011])
     run_id = steps.report_drift(flywheel, 2011)["mlflow_run_id"]
 
     def with_study_epochs(strategy: str, epochs: int) -> Settings:
@@ -141,7 +140,7 @@ def test_the_gate_judges_the_champion_on_the_predictions_report_drift_kept(flywh
 
     # The champion scores the period once: the gate reads what report_drift kept (here replaced
     # by a constant, so a second scoring would show).
-    store.write_atomic(pd.DataFrame({"prediction": [0.0] * len(current)}), kept)
+    store.write_frame(pd.DataFrame({"prediction": [0.0] * len(current)}), kept)
     challenger = steps.retrain_model(forced, 2012, summary["mlflow_run_id"], "1")
     gate = steps.evaluate_challenger(forced, 2012, summary["mlflow_run_id"], challenger["version"], "1")
     held_out = evaluate.holdout_mask(current[forced.dataset.id_column], forced.gate.holdout_fraction)

@@ -106,8 +106,9 @@ def ingest_tracks(
     data or its configuration must be fixed: retrying cannot help.
     """
     check_period(settings, period)
-    store.mark_in_progress(settings.curated_dir, period, run)
     landed = sources.land_period(settings, period, credentials)
+    # Landed: from here until finish_period the period is in progress (a failure leaves it so).
+    store.mark_in_progress(settings.curated_dir, period, run)
     return {"period": period, "landing_dir": str(landed.landing_dir), "files": [p.name for p in landed.files]}
 
 
@@ -560,8 +561,9 @@ def _history(client: MlflowClient, settings: Settings) -> list[Any]:
 def fail_period(settings: Settings, period: int, reason: str) -> None:
     """End the period's MLflow run as FAILED (a failed task), with the reason.
 
-    Only a run this attempt opened (RUNNING) is failed: a refusal before the run was opened (a
-    period out of order, undeclared Params) leaves an earlier, finished run of the period as it was.
+    Only an attempt that started fails the period's run: one that landed its data (the period is
+    marked in progress) or opened the run. A refusal before that (a period out of order, undeclared
+    Params, an unreadable landing file) leaves an earlier, finished run of the period as it was.
     """
     from driftwheel import report
 
@@ -570,7 +572,8 @@ def fail_period(settings: Settings, period: int, reason: str) -> None:
     if experiment is None:
         return
     run_id = report.find_period_run(client, experiment.experiment_id, period)
-    if run_id is not None and client.get_run(run_id).info.status == "RUNNING":
+    started = store.in_progress(settings.curated_dir, period) is not None
+    if run_id is not None and (started or client.get_run(run_id).info.status == "RUNNING"):
         report.record(client, run_id, tags={"flywheel.failure": reason[:500]})
         client.set_terminated(run_id, "FAILED")
 
