@@ -11,8 +11,8 @@ and stretches with no drift at all (2016-2017, 2020) in which the right decision
 
 That schedule is the ``spotify_like`` scenario, the default. ``config.scenario`` can name another
 (:mod:`driftwheel.scenarios`): a ``stable`` baseline with covariate, label, concept or new-artist
-shifts of a given shape and severity. Shifts draw from random streams of their own, after the
-baseline's draws, so the default's frames are the same bytes as before scenarios existed.
+shifts of a given shape and severity. Shifts draw from random streams of their own, never from
+the baseline's, so the default's frames are the same bytes as before scenarios existed.
 
 Everything is a pure function of ``(config.seed, year, scenario)``: the artist pool derives from
 the seed alone, a year's rows from ``numpy.random.default_rng([seed, year])`` (a shift's from
