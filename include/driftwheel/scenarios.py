@@ -1,7 +1,7 @@
 """Drift scenarios as data: which change the synthetic source makes, with which shape over the years.
 
 A :class:`Scenario` is a baseline (``spotify_like``: the source's built-in Spotify-shaped schedule;
-``stable``: a constant label level and feature distribution) plus any number of :class:`Shift`\\ s.
+``stable``: a constant label level and feature distribution) plus any number of shifts (:class:`Shift`).
 A shift has
 
 - a **kind**: ``covariate`` (the named features' distributions move, the feature->target relation
