@@ -148,6 +148,17 @@ class SpotifyConfig:
 class SyntheticConfig:
     rows_per_year: PositiveInt = 2000
     seed: int = 7
+    # A preset of driftwheel.scenarios (spotify_like: the built-in Spotify-shaped schedule) or the
+    # path of a scenario JSON file.
+    scenario: str = "spotify_like"
+
+    @field_validator("scenario")
+    @classmethod
+    def _known_scenario(cls, value: str) -> str:
+        from driftwheel.scenarios import load_scenario  # pydantic models only; no generator
+
+        load_scenario(value)  # a ScenarioError (a ValueError) names the presets or the bad key
+        return value
 
 
 @dataclass(frozen=True, config=_STRICT_FIELDS)
@@ -482,6 +493,7 @@ ENVIRONMENT: dict[str, str] = {
     "FLYWHEEL_LANDING_DIR": "file_source.landing_dir",
     "FLYWHEEL_COLUMN_MAP": "file_source.column_map_file",
     "FLYWHEEL_ROWS_PER_YEAR": "synthetic.rows_per_year",
+    "FLYWHEEL_SCENARIO": "synthetic.scenario",
     "FLYWHEEL_SPOTIFY_MAX_TRACKS": "spotify.max_tracks",
     "FLYWHEEL_SPOTIFY_API_BASE": "spotify.api_base",
     "FLYWHEEL_SPOTIFY_AUTH_URL": "spotify.auth_url",

@@ -9,9 +9,14 @@ The drift follows a fixed schedule (:data:`POPULARITY_LEVEL` and :data:`COVARIAT
 a flywheel run has something to decide in every year: label and feature drift in 2015 and 2018,
 and stretches with no drift at all (2016-2017, 2020) in which the right decision is to skip.
 
-Everything is a pure function of ``(config.seed, year)``: the artist pool derives from the seed
-alone, a year's rows from ``numpy.random.default_rng([seed, year])``, so a year's frame is the
-same whichever other years were generated before it.
+That schedule is the ``spotify_like`` scenario, the default. ``config.scenario`` can name another
+(:mod:`driftwheel.scenarios`): a ``stable`` baseline with covariate, label, concept or new-artist
+shifts of a given shape and severity. Shifts draw from random streams of their own, never from
+the baseline's, so the default's frames are the same bytes as before scenarios existed.
+
+Everything is a pure function of ``(config.seed, year, scenario)``: the artist pool derives from
+the seed alone, a year's rows from ``numpy.random.default_rng([seed, year])`` (a shift's from
+``[seed, year, stream]``), so a year's frame is the same whichever other years were generated before it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from driftwheel.config import SEED_COLUMNS, SEED_INT_COLUMNS, SEED_TEXT_COLUMNS, SyntheticConfig
+from driftwheel.scenarios import Scenario, Shift, load_scenario
 
 logger = logging.getLogger(__name__)
 
@@ -216,19 +222,37 @@ _SKEW_SHAPE = 2.0
 _FEATURE_EFFECT_SCALE = 1.6
 
 
-def _feature_effect(features: dict[str, np.ndarray]) -> np.ndarray:
+def _feature_effect(
+    features: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
     """Popularity points from a smooth, mildly non-linear function of five audio features.
 
     This is the part of the label a model of the audio features can learn. Features are scaled
     with fixed constants (the real data's rough centres and spreads), never with the year's own
-    statistics, so the function is the same in every year.
+    statistics, so the function is the same in every year, unless ``weights`` (a concept shift)
+    multiply a feature's term, per row.
     """
     dance = (features["danceability"] - 0.6) / 0.17
     energy = (features["energy"] - 0.64) / 0.22
     loud = np.tanh((features["loudness"] + 7.0) / 4.0)
     acoustic = (features["acousticness"] - 0.25) / 0.29
     speech = (np.sqrt(features["speechiness"]) - 0.28) / 0.13
-    effect = 1.6 * dance - 0.4 * dance**2 - energy + loud - 0.6 * acoustic + 0.5 * speech
+    # Summed left to right, as 1.6*d - 0.4*d**2 - e + l - 0.6*a + 0.5*s: x + (-y) is x - y
+    # exactly, so without weights the sum is the same floats as before scenarios existed.
+    terms = {
+        "danceability": 1.6 * dance - 0.4 * dance**2,
+        "energy": -energy,
+        "loudness": loud,
+        "acousticness": -0.6 * acoustic,
+        "speechiness": 0.5 * speech,
+    }
+    weights = weights or {}
+    effect: np.ndarray | None = None
+    for name, term in terms.items():
+        if name in weights:
+            term = term * weights[name]
+        effect = term if effect is None else effect + term
+    assert effect is not None
     return _FEATURE_EFFECT_SCALE * effect
 
 
@@ -390,7 +414,9 @@ def _track_ids(seed: int, year: int, n: int) -> np.ndarray:
 
 
 # -- the generator -----------------------------------------------------------------------------
-def generate_year(year: int, config: SyntheticConfig = SyntheticConfig()) -> pd.DataFrame:
+def generate_year(
+    year: int, config: SyntheticConfig = SyntheticConfig(), scenario: Scenario | None = None
+) -> pd.DataFrame:
     """Generate ``config.rows_per_year`` Spotify-like tracks released in ``year``.
 
     Returns a frame with the columns of :data:`COLUMNS` in that order: ``year``, ``key``,
@@ -398,35 +424,46 @@ def generate_year(year: int, config: SyntheticConfig = SyntheticConfig()) -> pd.
     features as float64 (unit-interval features in [0, 1], loudness in dB below 0, tempo above 0),
     ids and names as strings; ``track_id`` is unique across years. Rows are in random order.
 
-    The frame depends only on ``(config.seed, year)``. Any year >= 0 works: outside 2008-2020 the
-    popularity level follows the trend of :data:`POPULARITY_LEVEL` (within 20..80) while the
-    features keep the distribution of the nearest year in :data:`COVARIATE_SHIFT`.
-    Raises ``ValueError`` for a negative year, seed or row count.
+    ``scenario`` (default: the one ``config.scenario`` names, see :mod:`driftwheel.scenarios`)
+    says how the data drifts. The frame depends only on ``(config.seed, year, scenario)``. Any
+    year >= 0 works: under the default ``spotify_like`` schedule, outside 2008-2020 the popularity
+    level follows the trend of :data:`POPULARITY_LEVEL` (within 20..80) while the features keep the
+    distribution of the nearest year in :data:`COVARIATE_SHIFT`.
+    Raises ``ValueError`` for a negative year, seed or row count, and
+    :class:`~driftwheel.scenarios.ScenarioError` for an unknown scenario.
     """
     if year < 0 or config.seed < 0:
         raise ValueError(f"year and seed must be non-negative, got year={year}, seed={config.seed}")
     if config.rows_per_year < 0:
         raise ValueError(f"rows_per_year must be non-negative, got {config.rows_per_year}")
+    scenario = load_scenario(config.scenario) if scenario is None else scenario
     n = config.rows_per_year
     pool = _artist_pool(config.seed)
     rng = np.random.default_rng([config.seed, year])
 
     artists = _draw_artists(pool, year, n, rng)
-    features = _draw_features(pool.style[artists], covariate_shift(year), rng)
+    shifts = _row_shifts(scenario.shifts, config.seed, year, n)
+    names, star, style = pool.names[artists], pool.effect[artists], pool.style[artists]
+    if shifts.newcomer is not None and shifts.newcomer.any():
+        artists, names, star, style = _with_newcomers(pool, config.seed, year, artists, shifts.newcomer)
+    features = _draw_features(style, _baseline_shift(scenario, year), rng, shifts.latent)
 
     # Centred within the year, so that the year's mean is the schedule's level whichever artists
     # happened to release that year: the plateau years stay flat.
-    signal = pool.effect[artists] + _feature_effect(features)
+    signal = star + _feature_effect(features, shifts.weights)
     signal = signal - signal.mean() if n else signal
     noise = (rng.gamma(_SKEW_SHAPE, 1.0, size=n) - _SKEW_SHAPE) / np.sqrt(_SKEW_SHAPE) * _NOISE_STD
-    popularity = np.clip(np.round(popularity_level(year) + signal + noise), 0, 100)
+    level: float | np.ndarray = _baseline_level(scenario, year)
+    if shifts.label is not None:
+        level = level + shifts.label
+    popularity = np.clip(np.round(level + signal + noise), 0, 100)
 
     songs = _song_names(pool, artists, rng)
     frame = pd.DataFrame(
         {
             "year": np.full(n, year),
             "track_id": _track_ids(config.seed, year, n),
-            "artist_name": pool.names[artists],
+            "artist_name": names,
             "song_name": songs,
             "album_name": _album_names(artists, songs, rng),
             **features,
@@ -439,14 +476,112 @@ def generate_year(year: int, config: SyntheticConfig = SyntheticConfig()) -> pd.
     frame = frame.iloc[rng.permutation(n)].reset_index(drop=True)[list(COLUMNS)]
     frame = frame.astype({c: "int64" for c in SEED_INT_COLUMNS} | {c: object for c in SEED_TEXT_COLUMNS})
     logger.debug(
-        "generated %d synthetic tracks for %d (seed %d, level %.1f, covariate shift %.2f)",
+        "generated %d synthetic tracks for %d (seed %d, scenario %s, baseline level %.1f)",
         n,
         year,
         config.seed,
-        popularity_level(year),
-        covariate_shift(year),
+        scenario.name,
+        _baseline_level(scenario, year),
     )
     return frame
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+# The stable baseline's label level: about the middle of the Spotify-like schedule.
+_STABLE_LEVEL = 55.0
+# Random streams of a year's scenario draws, apart from the baseline's [seed, year] (a stream
+# number, never 0: SeedSequence pads entropy with zeros, so [seed, year, 0] could alias it).
+_NEWCOMER_STREAM = 1000
+_SHIFT_STREAM = 2000
+# New artists place about as many tracks in their first year as a typical artist does in a year.
+_NEWCOMER_TRACKS = 2.5
+
+
+def _baseline_level(scenario: Scenario, year: int) -> float:
+    return popularity_level(year) if scenario.baseline == "spotify_like" else _STABLE_LEVEL
+
+
+def _baseline_shift(scenario: Scenario, year: int) -> np.ndarray:
+    """Per continuous feature (in :data:`_LOADINGS` order), the baseline's latent shift in ``year``."""
+    drift = np.array([_DRIFT_LOADINGS.get(name, 0.0) for name in _LOADINGS])
+    return (covariate_shift(year) if scenario.baseline == "spotify_like" else 0.0) * drift
+
+
+@dataclass(frozen=True)
+class _RowShifts:
+    """What a scenario's shifts do to each of a year's rows; None: nothing of that kind."""
+
+    latent: np.ndarray | None  # (n, features): added to the features' latent normals
+    label: np.ndarray | None  # (n,): popularity points added to the level
+    weights: dict[str, np.ndarray]  # per concept feature, (n,): multiplies its term in the label
+    newcomer: np.ndarray | None  # (n,) bool: the track is by an artist never seen before
+
+
+def _row_shifts(shifts: tuple[Shift, ...], seed: int, year: int, n: int) -> _RowShifts:
+    """The combined effect of ``shifts`` on ``year``'s ``n`` rows.
+
+    A gradual shift moves a growing share of the rows by the full severity (drawn from the shift's
+    own stream); the other shapes move every row by severity x intensity.
+    """
+    latent: np.ndarray | None = None
+    label: np.ndarray | None = None
+    weights: dict[str, np.ndarray] = {}
+    newcomer: np.ndarray | None = None
+    features = list(_LOADINGS)
+    for index, shift in enumerate(shifts):
+        intensity = shift.intensity(year)
+        if intensity == 0.0:
+            continue
+        rng = np.random.default_rng([seed, year, _SHIFT_STREAM + index])
+        if shift.kind == "new_artists":
+            chosen = rng.random(n) < shift.severity * intensity
+            newcomer = chosen if newcomer is None else newcomer | chosen
+            continue
+        if shift.shape == "gradual":
+            amount = shift.severity * (rng.random(n) < intensity)
+        else:
+            amount = np.full(n, shift.severity * intensity)
+        if shift.kind == "covariate":
+            latent = np.zeros((n, len(features))) if latent is None else latent
+            for name in shift.features:
+                latent[:, features.index(name)] += amount
+        elif shift.kind == "label":
+            label = amount if label is None else label + amount
+        else:  # concept: severity 1 flips the term's sign, 0.5 silences it
+            for name in shift.features:
+                weights[name] = weights.get(name, np.ones(n)) * (1.0 - 2.0 * amount)
+    return _RowShifts(latent, label, weights, newcomer)
+
+
+def _with_newcomers(
+    pool: _ArtistPool, seed: int, year: int, artists: np.ndarray, newcomer: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``artists`` with the ``newcomer`` rows reassigned to artists outside the seed's pool.
+
+    Returns artist indices (newcomers numbered from the pool's size up), names, star power and
+    style per row. Newcomers are drawn per year, with names no pooled artist has; their star power
+    and style follow the pool's distributions.
+    """
+    rng = np.random.default_rng([seed, year, _NEWCOMER_STREAM])
+    count = int(newcomer.sum())
+    size = max(1, int(np.ceil(count / _NEWCOMER_TRACKS)))
+    taken = set(pool.names.tolist())
+    names: list[str] = []
+    while len(names) < size:
+        for name in _artist_names(rng, size):
+            if name not in taken and len(names) < size:
+                taken.add(name)
+                names.append(name)
+    star = (rng.gamma(_SKEW_SHAPE, 1.0, size=size) - _SKEW_SHAPE) / np.sqrt(_SKEW_SHAPE) * _ARTIST_EFFECT_STD
+    style = rng.standard_normal((size, 3))
+    who = rng.integers(size, size=count)
+    artists, row_names = artists.copy(), pool.names[artists].copy()
+    row_star, row_style = pool.effect[artists].copy(), pool.style[artists].copy()
+    artists[newcomer] = len(pool.names) + who
+    row_names[newcomer] = np.array(names, dtype=object)[who]
+    row_star[newcomer] = star[who]
+    row_style[newcomer] = style[who]
+    return artists, row_names, row_star, row_style
 
 
 def _draw_artists(pool: _ArtistPool, year: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -462,10 +597,13 @@ def _draw_artists(pool: _ArtistPool, year: int, n: int, rng: np.random.Generator
     return rng.choice(active, size=n, p=weight / weight.sum())
 
 
-def _draw_features(style: np.ndarray, shift: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _draw_features(
+    style: np.ndarray, shift: np.ndarray, rng: np.random.Generator, rows: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """The ten continuous audio features of tracks whose artists have ``style`` (one row each).
 
-    ``shift`` is the year's covariate shift index (see :data:`COVARIATE_SHIFT`).
+    ``shift`` is the year's latent shift per feature (see :func:`_baseline_shift`), ``rows`` a
+    scenario's further shift per row and feature.
     """
     n = style.shape[0]
     own_style = rng.standard_normal((n, 3))
@@ -473,8 +611,9 @@ def _draw_features(style: np.ndarray, shift: float, rng: np.random.Generator) ->
     loadings = np.array(list(_LOADINGS.values()))
     own = np.sqrt(1.0 - (loadings**2).sum(axis=1))
     latent = factors @ loadings.T + own * rng.standard_normal((n, len(_LOADINGS)))
-    drift = np.array([_DRIFT_LOADINGS.get(name, 0.0) for name in _LOADINGS])
-    latent = latent + shift * drift
+    latent = latent + shift
+    if rows is not None:
+        latent = latent + rows
     return {name: _MARGINS[name].apply(latent[:, i]) for i, name in enumerate(_LOADINGS)}
 
 
