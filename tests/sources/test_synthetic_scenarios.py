@@ -210,3 +210,18 @@ def test_a_scenario_object_need_not_be_a_preset() -> None:
     config = SyntheticConfig(rows_per_year=400)
     pd.testing.assert_frame_equal(generate_year(2018, config, scenario), generate_year(2018, config))
     assert not generate_year(2019, config, scenario).equals(generate_year(2019, config))
+
+
+def test_a_landing_folder_is_never_shared_by_two_generators(tmp_path: Path) -> None:
+    # Synthetic landing files are generated once and reused: a second scenario in the same state
+    # folder would silently replay the first one's data, so it is refused, naming the variable.
+    from driftwheel.config import Settings
+    from driftwheel.sources import GeneratorMismatch, land_period
+
+    first = Settings(state_dir=tmp_path, synthetic=SyntheticConfig(rows_per_year=200))
+    land_period(first, 2015)
+    land_period(first, 2016)  # the same generator: fine
+    other = Settings(state_dir=tmp_path, synthetic=SyntheticConfig(rows_per_year=200, scenario="label_sudden"))
+    with pytest.raises(GeneratorMismatch, match="FLYWHEEL_SCENARIO: 'spotify_like' there, 'label_sudden' now"):
+        land_period(other, 2017)
+    assert not (first.landing_dir / "tracks_2017.csv").exists()

@@ -10,13 +10,15 @@ is parsed once, whatever the number of periods it holds or of tasks that need th
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from driftwheel import store
-from driftwheel.config import Settings
+from driftwheel.config import DataError, Settings
 from driftwheel.sources import file as file_source
 from driftwheel.sources.file import Batch, LandingError
 
@@ -47,6 +49,7 @@ def land_period(settings: Settings, period: int, credentials: SpotifyCredentials
     if settings.source == "synthetic":
         from driftwheel.sources.synthetic import generate_year
 
+        _check_generator(settings)
         path = settings.landing_dir / f"tracks_{period}.csv"
         if not path.exists():
             store.write_frame(generate_year(period, settings.synthetic), path)
@@ -71,6 +74,35 @@ def land_period(settings: Settings, period: int, credentials: SpotifyCredentials
     if settings.source == "file":
         return Landed(period, settings.landing_dir, _index(settings, period).files_with(period))
     raise ValueError(f"unknown source {settings.source!r}: expected 'synthetic', 'spotify' or 'file'")
+
+
+GENERATOR_FILE = "_generator.json"
+
+
+class GeneratorMismatch(DataError):
+    """The synthetic landing folder was generated with other settings than the current ones."""
+
+
+def _check_generator(settings: Settings) -> None:
+    """Refuse to mix two generators in one landing folder: its files are generated once and reused.
+
+    The first synthetic period records the generator's settings next to the files; a later run
+    with another scenario, seed or size would silently reuse the old files, so it is refused.
+    """
+    wanted = dataclasses.asdict(settings.synthetic)
+    record = settings.landing_dir / GENERATOR_FILE
+    if not record.exists():
+        store.write_text(record, json.dumps(wanted, sort_keys=True))
+        return
+    recorded = json.loads(record.read_text())
+    changed = {k: (recorded.get(k), v) for k, v in wanted.items() if recorded.get(k) != v}
+    if changed:
+        variables = {"scenario": "FLYWHEEL_SCENARIO", "rows_per_year": "FLYWHEEL_ROWS_PER_YEAR"}
+        details = ", ".join(f"{variables.get(k, k)}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
+        raise GeneratorMismatch(
+            f"{settings.landing_dir} holds synthetic data generated with other settings ({details}); "
+            "its files would be reused as they are: use another FLYWHEEL_STATE_DIR for these settings"
+        )
 
 
 def index_dir(settings: Settings) -> Path:
