@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from driftwheel import report
+from driftwheel import report, sources
 from driftwheel.config import DataError, Settings, TrainingConfig
 from driftwheel.replay import PeriodOutcome, replay
 from driftwheel.sources import file as file_source
@@ -58,10 +58,13 @@ DEFAULT_YEARS = (2008, 2020)  # the seed data's and the synthetic source's range
 def data_years(settings: Settings) -> list[int]:
     """The years with rows in the file source's landing files, ascending; [] for the other sources
     (they can produce any year). Raises :class:`~driftwheel.config.DataError` for an unreadable
-    landing file and :class:`~driftwheel.sources.file.LandingError` for a missing landing folder."""
+    landing file and :class:`~driftwheel.sources.file.LandingError` for a missing landing folder.
+
+    The files are indexed in the state's landing index, so the run's first ingest does not parse them again."""
     if settings.source != "file":
         return []
-    return file_source.available_periods(settings.file_source, settings.dataset, settings.landing_dir)
+    index = sources.index_dir(settings)
+    return file_source.available_periods(settings.file_source, settings.dataset, settings.landing_dir, index)
 
 
 def years_to_run(start: int | None, end: int | None, available: Sequence[int]) -> list[int]:
