@@ -20,8 +20,8 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt requirements.lock
 
 install: $(BIN)/.installed
 
-demo: install  ## install, then backfill the flywheel over 2008-2020 through the real scheduler
-	$(BIN)/python -m driftwheel demo
+demo: install  ## install, then backfill the flywheel through the real scheduler over START..END (default 2008-2020, or the file source's years)
+	$(BIN)/python -m driftwheel demo $(if $(START),--start $(START)) $(if $(END),--end $(END))
 
 replay: install  ## the flywheel's steps over START..END in this process, no Airflow; own state (state/replay/<source>)
 	$(BIN)/python -m driftwheel replay $(if $(START),--start $(START)) $(if $(END),--end $(END))

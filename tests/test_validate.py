@@ -153,3 +153,29 @@ def test_the_real_spotify_sample_stays_valid_under_the_bounds() -> None:
         result = validate_batch(Batch(int(year), rows, (SEED_CSV,)), DatasetSpec(), ValidationPolicy())
         # The sample's few bad rows are its tempo-0 tracks, as before the bounds.
         assert result.quarantined["reason"].str.startswith("tempo: greater_than").all(), year
+
+
+def test_missing_id_names_the_column_with_an_empty_header_and_the_map_that_uses_it(tmp_path: Path) -> None:
+    from driftwheel.config import FileSourceConfig
+    from driftwheel.sources.file import read_period
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    # A saved pandas index: the first header is empty, the rows are numbered; no track_id column.
+    make_tracks(2015).drop(columns="track_id").to_csv(landing / "top_songs.csv", index=True)
+    assert (landing / "top_songs.csv").read_text().startswith(",year,")
+    batch = read_period(FileSourceConfig(), DatasetSpec(), landing, 2015)
+    with pytest.raises(BatchRejected) as err:
+        validate_batch(batch, DatasetSpec(), ValidationPolicy())
+    assert str(err.value) == (
+        "top_songs.csv: required column 'track_id' is missing (rule: required_column; all missing: track_id); "
+        "batch 2015 rejected; column 'Unnamed: 0' is one whose header is empty in the file: if it holds "
+        'track_id, name it in the column map: "columns": {"Unnamed: 0": "track_id"}'
+    )
+    # The advice works as given.
+    mapped = read_period(FileSourceConfig(column_map={"Unnamed: 0": "track_id"}), DatasetSpec(), landing, 2015)
+    assert len(validate_batch(mapped, DatasetSpec(), ValidationPolicy()).valid) == 200
+    # Without an empty header the message stays as it was.
+    with pytest.raises(BatchRejected) as plain:
+        validate_batch(_batch(make_tracks(2015).drop(columns="track_id")), DatasetSpec(), ValidationPolicy())
+    assert str(plain.value).endswith("batch 2015 rejected")

@@ -21,7 +21,7 @@ import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
 from driftwheel.config import DataError, DatasetSpec, ValidationPolicy
-from driftwheel.sources.file import SOURCE_FILE, SOURCE_ROW, Batch, location
+from driftwheel.sources.file import SOURCE_FILE, SOURCE_ROW, Batch, empty_headers, location
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +161,17 @@ def _schema_reasons(frame: pd.DataFrame, schema: pa.DataFrameSchema, batch: Batc
     return reasons
 
 
+def _empty_header_hint(frame: pd.DataFrame, missing: str) -> str:
+    """How to use a column with an empty header (a saved index, often the ids) as ``missing``; "" if none."""
+    unnamed = empty_headers(frame.columns)
+    if not unnamed:
+        return ""
+    return (
+        f"; column '{unnamed[0]}' is one whose header is empty in the file: if it holds {missing}, "
+        f"name it in the column map: \"columns\": {{\"{unnamed[0]}\": \"{missing}\"}}"
+    )
+
+
 def validate_batch(batch: Batch, spec: DatasetSpec, policy: ValidationPolicy) -> ValidationResult:
     """Split ``batch`` into valid and quarantined rows, or raise :class:`BatchRejected`.
 
@@ -173,6 +184,7 @@ def validate_batch(batch: Batch, spec: DatasetSpec, policy: ValidationPolicy) ->
         raise BatchRejected(
             f"{_files(batch)}: required column '{missing[0]}' is missing "
             f"(rule: required_column; all missing: {', '.join(missing)}); batch {batch.period} rejected"
+            + _empty_header_hint(frame, missing[0])
         )
     features = tuple(f for f in spec.features if f in frame.columns)
     absent = [f for f in spec.features if f not in frame.columns]

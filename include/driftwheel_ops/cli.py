@@ -1,7 +1,8 @@
 """``python -m driftwheel``: run the flywheel locally through the real Airflow scheduler.
 
 * ``demo``: start the embedded stack (PostgreSQL in the state directory, Airflow api-server,
-  scheduler and dag-processor), backfill the yearly DAG over 2008–2020, print the per-year table.
+  scheduler and dag-processor), backfill the yearly DAG over 2008–2020 (``--start``/``--end``; with
+  the file source, the years its files hold), print the per-year table.
 * ``ui``: serve the Airflow UI and the MLflow UI on the same state until interrupted.
 * ``table``: print the per-year table of what has run so far.
 * ``replay``: run the same steps over a range of years in this process, without Airflow, and print
@@ -24,9 +25,12 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 
-from driftwheel.config import REPO_ROOT, Settings
+from driftwheel.config import REPO_ROOT, DataError, Schedule, Settings
+from driftwheel.sources.file import LandingError
 from driftwheel_ops import champion_commands, replay_command
 from driftwheel_ops.local_stack import (
     LocalStack,
@@ -44,10 +48,13 @@ DEFAULT_API_PORT = 8080
 DEFAULT_MLFLOW_PORT = 5000
 
 
-def _stack_config(settings: Settings, api_port: int, last_year: int | None = None) -> StackConfig:
+def _stack_config(
+    settings: Settings, api_port: int, last_year: int | None = None, overrides: Mapping[str, str] | None = None
+) -> StackConfig:
     passthrough = {k: v for k, v in os.environ.items() if k.startswith("FLYWHEEL_") and not k.endswith("_DB_URI")}
     if last_year is not None:
         passthrough["FLYWHEEL_LAST_YEAR"] = str(last_year)
+    passthrough.update(overrides or {})
     return StackConfig(
         state_dir=settings.state_dir,
         dags_folder=REPO_ROOT / "dags",
@@ -98,12 +105,60 @@ def _print_failure(stack: LocalStack, run: RunState, later: list[RunState], reru
     print(f"fix the cause, then rerun: {rerun}  (finished years are kept; {year} and the later years run again)")
 
 
+@dataclass(frozen=True)
+class DemoYears:
+    """The years a demo backfills, and the settings its tasks get for them (``FLYWHEEL_*`` variables)."""
+
+    years: list[int]
+    overrides: dict[str, str]
+    notes: list[str]
+
+
+def demo_years(settings: Settings, schedule: Schedule, start: int | None, end: int | None) -> DemoYears:
+    """``start``..``end``, a bound not given being the file source's first or last year (else 2008, 2020).
+
+    The DAG's first year moves back to the first year run when that is earlier, and the warm-up to the
+    data's first years when the configured ones are not in the data (:func:`replay_command.default_warmup`,
+    said in ``notes``). Raises what :func:`replay_command.data_years` raises for unreadable files, and
+    :class:`LandingError` when the file source has no rows at all.
+    """
+    available = replay_command.data_years(settings)
+    if settings.source == "file" and not available:
+        # Every year would fail in its first task, after Airflow took its time to start.
+        raise LandingError(
+            f"no landing file in {settings.landing_dir} matching {settings.file_source.pattern!r} has rows with a "
+            f"{settings.dataset.period_column}; put CSV or Parquet files there (FLYWHEEL_LANDING_DIR chooses the folder)"
+        )
+    years = replay_command.years_to_run(start, end, available)
+    overrides: dict[str, str] = {}
+    notes: list[str] = []
+    if years and years[0] < schedule.first_year:
+        overrides["FLYWHEEL_FIRST_YEAR"] = str(years[0])
+    warmup = replay_command.default_warmup(available, settings.training)
+    if warmup is not None:
+        overrides["FLYWHEEL_WARMUP_START"], overrides["FLYWHEEL_WARMUP_END"] = map(str, warmup)
+        notes.append(replay_command.warmup_note(settings.training, available, warmup))
+    return DemoYears(years, overrides, notes)
+
+
 def demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     started = time.perf_counter()
     rerun = _rerun_command(args)
     print(f"state directory: {settings.state_dir}  (source: {settings.source})", flush=True)
-    with LocalStack(_stack_config(settings, args.api_port, last_year=args.end)) as stack:
+    try:
+        plan = demo_years(settings, Schedule.from_env(), args.start, args.end)
+    except (DataError, LandingError) as error:  # before anything starts: the message names what to fix
+        print(f"error: {error}")
+        return 1
+    if not plan.years:
+        print(f"error: no years to backfill (--start {args.start} is after --end {args.end})")
+        return 1
+    for note in plan.notes:
+        print(note, flush=True)
+    first, last = plan.years[0], plan.years[-1]
+    config = _stack_config(settings, args.api_port, last_year=last, overrides=plan.overrides)
+    with LocalStack(config) as stack:
         try:
             up = time.perf_counter() - started
             print(f"Airflow is up at {stack.api_url} ({up:.0f} s); parsing the DAG...", flush=True)
@@ -124,10 +179,10 @@ def demo(args: argparse.Namespace) -> int:
                     took = (run.end_date - run.start_date).total_seconds()
                 print(f"  {year}: {run.state} in {took:.0f} s", flush=True)
 
-            print(f"backfilling {DAG_ID} over {args.start}-{args.end} through the scheduler "
+            print(f"backfilling {DAG_ID} over {first}-{last} through the scheduler "
                   "(one run per year, in order)...", flush=True)  # fmt: skip
             runs = stack.backfill(
-                DAG_ID, date(args.start, 1, 1), date(args.end, 1, 1), timeout=args.timeout,
+                DAG_ID, date(first, 1, 1), date(last, 1, 1), timeout=args.timeout,
                 on_run_finished=progress, stop_on_failure=True,
             )  # fmt: skip
             backfill_seconds = time.perf_counter() - backfill_started
@@ -214,8 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the stack does")
     commands = parser.add_subparsers(dest="command", required=True)
     run_demo = commands.add_parser("demo", help="backfill the DAG over a range of years and print the table")
-    run_demo.add_argument("--start", type=int, default=2008)
-    run_demo.add_argument("--end", type=int, default=2020)
+    run_demo.add_argument(
+        "--start", type=int, help="first year (make demo START=...; default: 2008, or the file source's first year)"
+    )
+    run_demo.add_argument(
+        "--end", type=int, help="last year (make demo END=...; default: 2020, or the file source's last year)"
+    )
     run_demo.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the backfill")
     run_demo.set_defaults(func=demo)
     run_ui = commands.add_parser("ui", help="serve the Airflow and MLflow UIs on the demo's state")

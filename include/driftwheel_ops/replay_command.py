@@ -15,11 +15,14 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
-from driftwheel import report
-from driftwheel.config import DataError, Settings
+from driftwheel import report, sources
+from driftwheel.config import DataError, Settings, TrainingConfig
 from driftwheel.replay import PeriodOutcome, replay
+from driftwheel.sources import file as file_source
+from driftwheel.sources.file import LandingError
 from driftwheel.steps import PeriodRefused
 
 
@@ -49,15 +52,52 @@ def replay_settings(env_settings: Settings, state_dir: Path | None) -> Settings:
     return dataclasses.replace(env_settings, state_dir=state, mlflow_tracking_uri=None, lock_uri=None)
 
 
-def _years(settings: Settings, start: int | None, end: int | None) -> list[int]:
-    if settings.source == "file" and (start is None or end is None):
-        from driftwheel.sources import file as file_source
+DEFAULT_YEARS = (2008, 2020)  # the seed data's and the synthetic source's range
 
-        available = file_source.available_periods(settings.file_source, settings.dataset, settings.landing_dir)
-        if available:
-            start = available[0] if start is None else start
-            end = available[-1] if end is None else end
-    return list(range(2008 if start is None else start, (2020 if end is None else end) + 1))
+
+def data_years(settings: Settings) -> list[int]:
+    """The years with rows in the file source's landing files, ascending; [] for the other sources
+    (they can produce any year). Raises :class:`~driftwheel.config.DataError` for an unreadable
+    landing file and :class:`~driftwheel.sources.file.LandingError` for a missing landing folder.
+
+    The files are indexed in the state's landing index, so the run's first ingest does not parse them again."""
+    if settings.source != "file":
+        return []
+    index = sources.index_dir(settings)
+    return file_source.available_periods(settings.file_source, settings.dataset, settings.landing_dir, index)
+
+
+def years_to_run(start: int | None, end: int | None, available: Sequence[int]) -> list[int]:
+    """``start``..``end``; a bound not given is the data's first or last year (``available``), else 2008 or 2020."""
+    first = start if start is not None else (available[0] if available else DEFAULT_YEARS[0])
+    last = end if end is not None else (available[-1] if available else DEFAULT_YEARS[1])
+    return list(range(first, last + 1))
+
+
+def default_warmup(available: Sequence[int], training: TrainingConfig) -> tuple[int, int] | None:
+    """The warm-up (first, last year) to use instead of the configured one, or None to keep it.
+
+    None when the data can have any year (``available`` empty) or holds a configured warm-up year.
+    Otherwise the configured years are absent (a file of 2016-2020 against 2008-2014, whose first
+    model would pool one year, or of 2000-2005, whose years would all wait for 2014): the warm-up
+    becomes the data's first years, as many as configured but at most half of them, so that
+    later years remain to show what the flywheel does.
+    """
+    years = sorted(available)
+    if not years or any(training.warmup_start <= y <= training.warmup_end for y in years):
+        return None
+    length = min(training.warmup_end - training.warmup_start + 1, max(1, len(years) // 2))
+    return years[0], years[length - 1]
+
+
+def warmup_note(training: TrainingConfig, available: Sequence[int], warmup: tuple[int, int]) -> str:
+    """What the output says when :func:`default_warmup` replaced the configured warm-up."""
+    pooled = str(warmup[0]) if warmup[0] == warmup[1] else f"{warmup[0]}-{warmup[1]}"
+    return (
+        f"warm-up: the configured years {training.warmup_start}-{training.warmup_end} are not in the data "
+        f"({available[0]}-{available[-1]}); pooling {pooled} before the first model instead "
+        "(FLYWHEEL_WARMUP_START / FLYWHEEL_WARMUP_END choose others)"
+    )
 
 
 def _print_progress(outcome: PeriodOutcome) -> None:
@@ -80,15 +120,21 @@ def run_replay(args: argparse.Namespace) -> int:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         settings = replay_settings(Settings.from_env(), args.state_dir)
-        years = _years(settings, args.start, args.end)
-    except DataError as error:
+        available = data_years(settings)
+    except (DataError, LandingError) as error:
         print(f"error: {error}")
         return 1
+    years = years_to_run(args.start, args.end, available)
     if not years:
         print(f"error: no years to replay (--start {args.start} is after --end {args.end})")
         return 1
     source = settings.source if settings.source != "file" else f"file, {settings.landing_dir.resolve()}"
     print(f"state directory: {settings.state_dir}  (source: {source}; MLflow: {settings.tracking_uri})", flush=True)
+    warmup = default_warmup(available, settings.training)
+    if warmup is not None:
+        print(warmup_note(settings.training, available, warmup), flush=True)
+        training = dataclasses.replace(settings.training, warmup_start=warmup[0], warmup_end=warmup[1])
+        settings = dataclasses.replace(settings, training=training)
     print(
         f"replaying {years[0]}-{years[-1]} in this process, no Airflow (the DAG's steps, in its order)...", flush=True
     )

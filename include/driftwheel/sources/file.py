@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ _BLOCKS_EVERY_PERIOD = (
     "its years cannot be known, so it blocks every year until it is fixed or moved out of the landing folder"
 )
 _OTHER_DELIMITERS = (";", "\t", "|")
+_EMPTY_HEADER = re.compile(r"Unnamed: \d+")
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,11 @@ def location(source_file: str, source_row: int) -> str:
     """Where a row came from, as a user finds it: a CSV's line (the header is line 1) or a Parquet row."""
     unit = "line" if source_file.lower().endswith(".csv") else "row"
     return f"{source_file} {unit} {source_row}"
+
+
+def empty_headers(columns: Iterable[object]) -> list[str]:
+    """The columns whose CSV header is empty: pandas names them ``Unnamed: <position>``."""
+    return [str(c) for c in columns if _EMPTY_HEADER.fullmatch(str(c))]
 
 
 def _unreadable(path: Path, reason: str) -> UnreadableFile:
