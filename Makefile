@@ -41,8 +41,9 @@ bench: install  ## prequential benchmark of every policy on the seed data (else 
 test: install lint  ## lint, then unit, DAG and end-to-end tests (the e2e tests use PostgreSQL on 127.0.0.1:5432)
 	$(BIN)/python -m pytest
 
-lint: install  ## ruff's lint rules on everything, mypy on the library and the operations package
+lint: install  ## ruff's lint rules and its formatter (check only) on everything, mypy on the library and the operations package
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test-unit: install

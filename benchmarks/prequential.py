@@ -102,9 +102,7 @@ POLICIES: tuple[Policy, ...] = (
         "as default, but every retrain trains from scratch on all labelled years",
         lambda s: dataclasses.replace(
             s,
-            training=_training(
-                s, trend_residual=dataclasses.replace(s.training.trend_residual, fine_tune=False)
-            ),
+            training=_training(s, trend_residual=dataclasses.replace(s.training.trend_residual, fine_tune=False)),
         ),
     ),
 )
@@ -218,7 +216,12 @@ def summarize(results: list[PolicyResult], eval_years: list[int], oracle: dict[i
         }
     return {
         "policies": policies,
-        "references": {"within_year_std": {"per_year": {str(y): v for y, v in oracle.items()}, "mean": _mean(list(oracle.values()))}},
+        "references": {
+            "within_year_std": {
+                "per_year": {str(y): v for y, v in oracle.items()},
+                "mean": _mean(list(oracle.values())),
+            }
+        },
         "eval_years": eval_years,
     }
 
@@ -285,8 +288,13 @@ def write_plot(summary: dict[str, Any], path: Path, data_label: str) -> None:
         points = [(y, v) for y, v in zip(years, ys) if v is not None]
         if not points:
             continue
-        (line,) = ax.plot(*zip(*points), marker="o", markersize=4, linewidth=2.2 if name == "default" else 1.3,
-                          label=f"{name} ({_fmt(p['mean'])})")
+        (line,) = ax.plot(
+            *zip(*points),
+            marker="o",
+            markersize=4,
+            linewidth=2.2 if name == "default" else 1.3,
+            label=f"{name} ({_fmt(p['mean'])})",
+        )
         # A retrain after year Y changes the model that scores Y+1: mark it on Y's point.
         for y, v in points:
             if y in p["retrained"]:
@@ -335,7 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-end", type=int, default=2014, help="the first model is trained at this year")
     parser.add_argument("--last-year", type=int, default=2019)
     parser.add_argument("--first-year", type=int, default=None, help="default: the data's first year")
-    parser.add_argument("--column-map", type=Path, help="JSON column map for the file source (see config.load_column_map)")
+    parser.add_argument(
+        "--column-map", type=Path, help="JSON column map for the file source (see config.load_column_map)"
+    )
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic source even if the seed CSV exists")
     parser.add_argument("--policies", nargs="*", default=[p.name for p in POLICIES], choices=[p.name for p in POLICIES])
     args = parser.parse_args(argv)
@@ -349,9 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     base, years, data_label = base_settings(args, out / "state")
-    base = dataclasses.replace(base, training=dataclasses.replace(base.training, warmup_start=years[0], warmup_end=args.warmup_end))
+    base = dataclasses.replace(
+        base, training=dataclasses.replace(base.training, warmup_start=years[0], warmup_end=args.warmup_end)
+    )
     eval_years = [y for y in years if y > args.warmup_end]
-    print(f"data: {data_label}; years {years[0]}-{years[-1]}, warm-up until {args.warmup_end}; scoring {eval_years}", flush=True)
+    print(
+        f"data: {data_label}; years {years[0]}-{years[-1]}, warm-up until {args.warmup_end}; scoring {eval_years}",
+        flush=True,
+    )
 
     results: list[PolicyResult] = []
     curated_from: Settings | None = None

@@ -41,9 +41,19 @@ def _settings() -> Any:
     doc_md=__doc__,
     tags=["flywheel", "live"],
     params={
-        "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "file", "spotify"], description="Where new tracks come from; empty: FLYWHEEL_SOURCE."),
+        "source": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "synthetic", "file", "spotify"],
+            description="Where new tracks come from; empty: FLYWHEEL_SOURCE.",
+        ),
         "landing_dir": Param(None, type=["null", "string"], description="The landing folder the file source watches."),
-        "min_new_rows": Param(None, type=["null", "integer"], minimum=1, description="New labeled rows of a year that make a retrain worth considering."),
+        "min_new_rows": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="New labeled rows of a year that make a retrain worth considering.",
+        ),
     },
 )
 def live_ingest() -> None:

@@ -26,8 +26,15 @@ from airflow.sdk import Param, dag, get_current_context, task
     doc_md=__doc__,
     tags=["flywheel", "mlflow", "operations"],
     params={
-        "reason": Param(type="string", minLength=3, description="Why the champion is rolled back (kept in the ledger)."),
-        "to_version": Param(None, type=["null", "integer"], minimum=1, description="Version to restore; empty: the one the champion replaced."),
+        "reason": Param(
+            type="string", minLength=3, description="Why the champion is rolled back (kept in the ledger)."
+        ),
+        "to_version": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            description="Version to restore; empty: the one the champion replaced.",
+        ),
     },
 )
 def rollback_champion() -> None:

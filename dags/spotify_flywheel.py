@@ -96,14 +96,49 @@ SCHEDULE = Schedule.from_env()
     doc_md=__doc__,
     tags=["flywheel", "mlflow", "evidently"],
     params={
-        "year": Param(None, type=["null", "integer"], minimum=1900, maximum=2100, description="Year to process; empty: the run's logical date."),
-        "source": Param(None, type=["null", "string"], enum=[None, "synthetic", "file", "spotify"], description="Where tracks come from; empty: FLYWHEEL_SOURCE (synthetic)."),
-        "landing_dir": Param(None, type=["null", "string"], description="Folder of CSV/Parquet files for the file source."),
-        "strategy": Param("trend_residual", type="string", enum=["trend_residual", "transfer", "full"], description="trend_residual: trend level + residual ensemble, fine-tuned with replay (benchmarks/prequential.py); transfer: the study net, first 3 layers frozen; full: the study net from scratch."),
+        "year": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1900,
+            maximum=2100,
+            description="Year to process; empty: the run's logical date.",
+        ),
+        "source": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "synthetic", "file", "spotify"],
+            description="Where tracks come from; empty: FLYWHEEL_SOURCE (synthetic).",
+        ),
+        "landing_dir": Param(
+            None, type=["null", "string"], description="Folder of CSV/Parquet files for the file source."
+        ),
+        "strategy": Param(
+            "trend_residual",
+            type="string",
+            enum=["trend_residual", "transfer", "full"],
+            description="trend_residual: trend level + residual ensemble, fine-tuned with replay (benchmarks/prequential.py); transfer: the study net, first 3 layers frozen; full: the study net from scratch.",
+        ),
         "force_retrain": Param(False, type="boolean", description="Retrain even if nothing drifted."),
-        "max_drift_share": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Share of drifted features that triggers a retrain."),
-        "max_rmse_increase": Param(None, type=["null", "number"], minimum=0, description="Retrain when production RMSE exceeds the champion's held-out RMSE by this fraction."),
-        "min_improvement": Param(None, type=["null", "number"], minimum=0, maximum=1, description="How much better (fraction of RMSE) a challenger must be to be promoted."),
+        "max_drift_share": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            description="Share of drifted features that triggers a retrain.",
+        ),
+        "max_rmse_increase": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            description="Retrain when production RMSE exceeds the champion's held-out RMSE by this fraction.",
+        ),
+        "min_improvement": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            description="How much better (fraction of RMSE) a challenger must be to be promoted.",
+        ),
     },
 )
 def spotify_flywheel() -> None:
@@ -158,7 +193,9 @@ def spotify_flywheel() -> None:
     def retrain_model(summary: dict[str, Any]) -> dict[str, Any]:
         from driftwheel import steps
 
-        return steps.retrain_model(_settings(), summary["period"], summary["mlflow_run_id"], summary["champion_version"])
+        return steps.retrain_model(
+            _settings(), summary["period"], summary["mlflow_run_id"], summary["champion_version"]
+        )
 
     @task
     def evaluate_challenger(summary: dict[str, Any], challenger: dict[str, Any]) -> dict[str, Any]:
@@ -208,7 +245,9 @@ def spotify_flywheel() -> None:
     def finish_period(summary: dict[str, Any]) -> dict[str, Any]:
         from driftwheel import steps
 
-        return steps.finish_period(_settings(), summary["period"], summary["mlflow_run_id"], get_current_context()["run_id"])
+        return steps.finish_period(
+            _settings(), summary["period"], summary["mlflow_run_id"], get_current_context()["run_id"]
+        )
 
     summary = report_drift(validate_tracks(ingest_tracks()))
     decision = decide_retrain(summary)

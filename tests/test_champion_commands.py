@@ -27,7 +27,9 @@ def test_history_and_rollback_from_the_command_line(tmp_path: Path) -> None:
     door = registry.Door((tmp_path / "locks").as_uri(), "driftwheel-ledger")
     for trained_through, gated_against in ((2014, None), (2015, "1")):
         version = client.create_model_version("m", "file:///x", tags={registry.T_TRAINED_THROUGH: str(trained_through)})
-        registry.promote(client, "m", str(version.version), gated_against=gated_against, door=door, period=trained_through)
+        registry.promote(
+            client, "m", str(version.version), gated_against=gated_against, door=door, period=trained_through
+        )
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO / "include"),

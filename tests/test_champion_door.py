@@ -90,7 +90,9 @@ def test_the_next_period_waits_for_the_previous_one_to_finish(flywheel: Settings
     land(flywheel, 2013, make_tracks(2013, n=500, level=58, seed=4))
     steps.ingest_tracks(flywheel, 2012, run="backfill__2012-01-01T00:00:00+00:00")
     steps.validate_tracks(flywheel, 2012)  # 2012 is mid-run: curated, not finished
-    with pytest.raises(steps.PeriodRefused, match=r"period 2012 has not finished \(its run backfill__2012.*rerun 2012 first, then 2013"):
+    with pytest.raises(
+        steps.PeriodRefused, match=r"period 2012 has not finished \(its run backfill__2012.*rerun 2012 first, then 2013"
+    ):
         steps.ingest_tracks(flywheel, 2013, run="manual__2013")
     assert not (flywheel.curated_dir / "year=2013").exists() and _champion(flywheel) == "1"
     replay(flywheel, [2012])  # the backfill's run of 2012 goes on and finishes
@@ -106,7 +108,6 @@ def test_a_failed_period_blocks_the_next_one_until_it_is_rerun(flywheel: Setting
         steps.ingest_tracks(flywheel, 2013)
     replay(flywheel, [2012])  # the documented fix: rerun the failed period, then go on
     assert [row.year for row in replay(flywheel, [2013])] == [2013]
-
 
 
 def test_a_refused_run_leaves_the_finished_run_of_its_period_as_it_was(flywheel: Settings) -> None:

@@ -4,8 +4,15 @@ from driftwheel.decide import DriftSummary, should_retrain
 
 def _summary(**changes: object) -> DriftSummary:
     base = dict(
-        period=2016, rows=2000, drift_share=0.1, drifted_columns=1, target_drift_score=0.02,
-        target_drifted=False, production_rmse=6.0, champion_version="3", champion_holdout_rmse=5.9,
+        period=2016,
+        rows=2000,
+        drift_share=0.1,
+        drifted_columns=1,
+        target_drift_score=0.02,
+        target_drifted=False,
+        production_rmse=6.0,
+        champion_version="3",
+        champion_holdout_rmse=5.9,
     )
     return DriftSummary(**{**base, **changes})  # type: ignore[arg-type]
 
@@ -38,7 +45,9 @@ def test_warm_up_then_cold_start_then_force() -> None:
 
 
 def test_absolute_rmse_limit_is_the_studys_rule() -> None:
-    study = DriftPolicy(max_drift_share=1.01, retrain_on_target_drift=False, max_rmse_increase=1e9, max_production_rmse=3.5)
+    study = DriftPolicy(
+        max_drift_share=1.01, retrain_on_target_drift=False, max_rmse_increase=1e9, max_production_rmse=3.5
+    )
     decision = should_retrain(_summary(production_rmse=3.6), study, warmup_end=2014)
     assert decision.retrain and "production RMSE 3.60 > 3.50" in decision.reason
     assert not should_retrain(_summary(production_rmse=3.4), study, warmup_end=2014).retrain

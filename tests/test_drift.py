@@ -17,7 +17,9 @@ def test_shifted_feature_and_label_are_flagged(tmp_path: Path) -> None:
 
 
 def test_same_distribution_is_stable(tmp_path: Path) -> None:
-    result = drift_report(make_tracks(2011, n=1500, seed=1), make_tracks(2010, n=1500), SPOTIFY_AUDIO_FEATURES, "popularity", tmp_path)
+    result = drift_report(
+        make_tracks(2011, n=1500, seed=1), make_tracks(2010, n=1500), SPOTIFY_AUDIO_FEATURES, "popularity", tmp_path
+    )
     assert result.drift_share < 0.2 and not result.target_drifted
 
 

@@ -16,8 +16,12 @@ from driftwheel.features import (
 )
 
 COLUMNS = FeatureColumns(
-    numeric=SPOTIFY_AUDIO_FEATURES, period="year", target="popularity",
-    artist="artist_name", title="song_name", album="album_name",
+    numeric=SPOTIFY_AUDIO_FEATURES,
+    period="year",
+    target="popularity",
+    artist="artist_name",
+    title="song_name",
+    album="album_name",
 )
 CONFIG = FeatureConfig()
 
@@ -31,7 +35,9 @@ def test_a_period_reads_only_the_history_of_earlier_periods() -> None:
     only_2010 = LabelHistory.from_labelled(_years(2010), COLUMNS)
     batch = make_tracks(2011, n=150, seed=2011)
     # A history holding 2011 and 2012 gives 2011's rows exactly what 2010 alone gives them.
-    pd.testing.assert_frame_equal(build_features(full, batch, COLUMNS, CONFIG), build_features(only_2010, batch, COLUMNS, CONFIG))
+    pd.testing.assert_frame_equal(
+        build_features(full, batch, COLUMNS, CONFIG), build_features(only_2010, batch, COLUMNS, CONFIG)
+    )
 
 
 def test_the_batch_labels_are_never_read() -> None:
@@ -56,9 +62,18 @@ def test_row_order_and_index_are_not_features() -> None:
 
 
 def test_history_features_describe_artists_seen_before() -> None:
-    past = pd.DataFrame({"year": 2010, "artist_name": ["Star", "Star", "Nobody"], "song_name": ["a", "b", "c"],
-                         "album_name": "x", "popularity": [80, 70, 30]})
-    batch = pd.DataFrame({"year": 2011, "artist_name": ["Star", "Nobody", "New Face"], "song_name": ["d", "e", "f"], "album_name": "y"})
+    past = pd.DataFrame(
+        {
+            "year": 2010,
+            "artist_name": ["Star", "Star", "Nobody"],
+            "song_name": ["a", "b", "c"],
+            "album_name": "x",
+            "popularity": [80, 70, 30],
+        }
+    )
+    batch = pd.DataFrame(
+        {"year": 2011, "artist_name": ["Star", "Nobody", "New Face"], "song_name": ["d", "e", "f"], "album_name": "y"}
+    )
     for name in SPOTIFY_AUDIO_FEATURES:
         past[name] = 1.0
         batch[name] = 1.0
@@ -74,7 +89,9 @@ def test_columns_are_optional() -> None:
     built = build_features(LabelHistory.from_labelled(frame, audio_only), make_tracks(2011, n=20), audio_only, CONFIG)
     assert tuple(built.columns) == ("danceability", "energy") == feature_names(audio_only)
     assert audio_only.inputs() == ("year", "danceability", "energy")
-    with_artist = feature_names(FeatureColumns(numeric=("energy",), period="year", target="popularity", artist="artist_name"))
+    with_artist = feature_names(
+        FeatureColumns(numeric=("energy",), period="year", target="popularity", artist="artist_name")
+    )
     assert "artist_shrunk_residual" in with_artist and not any(n.startswith("title_") for n in with_artist)
 
 
@@ -103,7 +120,9 @@ def test_history_round_trips_through_parquet(tmp_path) -> None:
     loaded = LabelHistory.load(tmp_path / "history.parquet")
     pd.testing.assert_series_equal(loaded.period_means, history.period_means, check_names=False)
     batch = make_tracks(2012, n=60)
-    pd.testing.assert_frame_equal(build_features(loaded, batch, COLUMNS, CONFIG), build_features(history, batch, COLUMNS, CONFIG))
+    pd.testing.assert_frame_equal(
+        build_features(loaded, batch, COLUMNS, CONFIG), build_features(history, batch, COLUMNS, CONFIG)
+    )
 
 
 def test_title_parsing() -> None:

@@ -49,7 +49,11 @@ def test_permuting_the_evaluated_year_leaves_its_error_unchanged(production_mode
 
 def test_the_evaluated_year_labels_reach_no_prediction(production_model: TrendResidualModel) -> None:
     evaluated = _year(EVALUATED, seed=99)
-    before = (production_model.feature_mean.copy(), production_model.history.table.copy(), production_model.history.period_means.copy())
+    before = (
+        production_model.feature_mean.copy(),
+        production_model.history.table.copy(),
+        production_model.history.period_means.copy(),
+    )
     predictions = production_model.predict(evaluated)
     scrambled = evaluated.assign(popularity=np.random.default_rng(5).integers(0, 100, len(evaluated)))
     np.testing.assert_array_equal(production_model.predict(scrambled), predictions)
@@ -67,7 +71,9 @@ def test_the_evaluated_year_labels_reach_no_prediction(production_model: TrendRe
 
 def test_training_is_blind_to_row_order(past: pd.DataFrame, production_model: TrendResidualModel) -> None:
     shuffled = past.sample(frac=1.0, random_state=2).set_axis(np.arange(len(past)) * 3)
-    retrained = train_trend_residual(shuffled, np.ones(len(shuffled), dtype=bool), feature_columns(DatasetSpec(), shuffled), CONFIG)
+    retrained = train_trend_residual(
+        shuffled, np.ones(len(shuffled), dtype=bool), feature_columns(DatasetSpec(), shuffled), CONFIG
+    )
     evaluated = _year(EVALUATED, seed=99)
     np.testing.assert_allclose(retrained.predict(evaluated), production_model.predict(evaluated), rtol=0, atol=1e-6)
 
@@ -84,7 +90,9 @@ def test_a_fine_tune_does_not_see_the_next_year(production_model: TrendResidualM
 def test_the_flywheel_scores_a_period_without_its_labels_or_order(settings: Settings) -> None:
     """Through the DAG's steps: the production error of 2012 is the champion's, whatever order
     2012 lands in, and the champion's predictions ignore 2012's labels."""
-    settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, trend_residual=CONFIG.trend_residual))
+    settings = dataclasses.replace(
+        settings, training=dataclasses.replace(settings.training, trend_residual=CONFIG.trend_residual)
+    )
     evaluated_year = 2012  # the fixture's warm-up ends in 2011
     for year in (2010, 2011):
         land(settings, year, _year(year, seed=year))

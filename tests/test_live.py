@@ -77,7 +77,9 @@ def test_a_rewritten_file_counts_again(tmp_path: Path) -> None:
     assert live.collect_new_tracks(settings, 2021)["pending"] == {"2021": 80}
 
 
-def test_a_file_is_parsed_once_for_live_mode_and_the_yearly_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_file_is_parsed_once_for_live_mode_and_the_yearly_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from driftwheel.sources import file as file_source
 
     settings = _settings(tmp_path)
@@ -92,7 +94,11 @@ def test_a_file_is_parsed_once_for_live_mode_and_the_yearly_run(tmp_path: Path, 
 
 def test_retrain_conf_points_the_yearly_dag_at_the_live_folder(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    assert live.retrain_conf(settings, 2021) == {"year": 2021, "source": "file", "landing_dir": str(settings.landing_dir)}
+    assert live.retrain_conf(settings, 2021) == {
+        "year": 2021,
+        "source": "file",
+        "landing_dir": str(settings.landing_dir),
+    }
     synthetic = Settings(state_dir=tmp_path)
     assert live.retrain_conf(synthetic, 2021) == {"year": 2021, "source": "synthetic"}
 
@@ -109,6 +115,8 @@ def test_each_landing_folder_has_its_own_pending_rows(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     _drop(settings, "a.csv", 2021, 60)
     live.collect_new_tracks(settings, 2021)
-    other = Settings(state_dir=settings.state_dir, source="file", file_source=FileSourceConfig(landing_dir=tmp_path / "other"))
+    other = Settings(
+        state_dir=settings.state_dir, source="file", file_source=FileSourceConfig(landing_dir=tmp_path / "other")
+    )
     (tmp_path / "other").mkdir()
     assert live.collect_new_tracks(other, 2021)["pending"] == {}

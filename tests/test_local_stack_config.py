@@ -86,10 +86,14 @@ def test_the_last_error_of_a_task_log_is_the_raised_exception(tmp_path: Path) ->
             json.dumps(r)
             for r in (
                 {"timestamp": "t", "event": "starting", "level": "info"},
-                {"event": "Task failed with exception", "level": "error", "error_detail": [
-                    {"exc_type": "FileExistsError", "exc_value": "[Errno 17] File exists: 'reports/year=2009'"},
-                    {"exc_type": "OSError", "exc_value": "the cause"},
-                ]},
+                {
+                    "event": "Task failed with exception",
+                    "level": "error",
+                    "error_detail": [
+                        {"exc_type": "FileExistsError", "exc_value": "[Errno 17] File exists: 'reports/year=2009'"},
+                        {"exc_type": "OSError", "exc_value": "the cause"},
+                    ],
+                },
                 {"event": "Task instance is in failed state", "level": "info"},
             )
         )  # fmt: skip

@@ -24,6 +24,10 @@ def test_the_task_user_cannot_be_the_admin(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_an_unreachable_server_is_an_error_not_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
-    env = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_ADMIN_PASSWORD": "a" * 20, "MLFLOW_TASK_PASSWORD": "b" * 20}
+    env = {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "MLFLOW_ADMIN_PASSWORD": "a" * 20,
+        "MLFLOW_TASK_PASSWORD": "b" * 20,
+    }
     assert mlflow_users.main(env) == 1
     assert capsys.readouterr().err.startswith("mlflow-init: ")

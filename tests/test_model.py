@@ -14,7 +14,13 @@ CONFIG = TrainingConfig(study_net=StudyNetConfig(epochs=20, fine_tune_epochs=20)
 
 def test_network_shape_is_the_studys() -> None:
     net = PopularityNet(13)
-    assert [(layer.in_features, layer.out_features) for layer in net.layers] == [(13, 32), (32, 32), (32, 32), (32, 50), (50, 1)]
+    assert [(layer.in_features, layer.out_features) for layer in net.layers] == [
+        (13, 32),
+        (32, 32),
+        (32, 32),
+        (32, 50),
+        (50, 1),
+    ]
 
 
 def test_full_training_learns_the_signal_and_is_deterministic() -> None:
@@ -40,7 +46,9 @@ def test_scalers_come_from_training_data_only() -> None:
 def test_transfer_freezes_first_layers_and_follows_the_new_level() -> None:
     parent = train_full(make_tracks(2010, n=600, level=50), SPOTIFY_AUDIO_FEATURES, "popularity", CONFIG)
     new = make_tracks(2011, n=600, level=60)
-    child = fine_tune(parent, new, "popularity", TrainingConfig(study_net=StudyNetConfig(freeze_layers=3, fine_tune_epochs=20)))
+    child = fine_tune(
+        parent, new, "popularity", TrainingConfig(study_net=StudyNetConfig(freeze_layers=3, fine_tune_epochs=20))
+    )
     for i, (a, b) in enumerate(zip(parent.net.layers, child.net.layers)):
         same = torch.equal(a.weight, b.weight)
         assert same == (i < 3), f"layer {i}"
@@ -67,7 +75,9 @@ from driftwheel.model import (  # noqa: E402
     train_trend_residual,
 )
 
-SMALL = TrainingConfig(trend_residual=TrendResidualConfig(ensemble_size=2, epochs=10, fine_tune_epochs=3, replay_buffer_rows=300))
+SMALL = TrainingConfig(
+    trend_residual=TrendResidualConfig(ensemble_size=2, epochs=10, fine_tune_epochs=3, replay_buffer_rows=300)
+)
 
 
 def _artist_year(year: int, seed: int, n: int = 300) -> pd.DataFrame:
@@ -110,7 +120,10 @@ def test_fine_tune_grows_the_vocabulary_keeps_scalers_and_moves_every_layer() ->
     new = _artist_year(2013, seed=13).assign(artist_name=lambda f: f["artist_name"].where(f.index % 3 > 0, "Newcomer"))
     child = fine_tune_trend_residual(parent, new, np.ones(len(new), dtype=bool), SMALL)
     artists = set(child.history.table.loc[child.history.table["table"] == "artist", "key"])
-    assert "Newcomer" in artists and set(parent.history.table.loc[parent.history.table["table"] == "artist", "key"]) < artists
+    assert (
+        "Newcomer" in artists
+        and set(parent.history.table.loc[parent.history.table["table"] == "artist", "key"]) < artists
+    )
     assert child.history.periods == [2010, 2011, 2012, 2013]
     np.testing.assert_array_equal(child.feature_mean, parent.feature_mean)
     for a, b in zip(parent.nets[0].layers, child.nets[0].layers):

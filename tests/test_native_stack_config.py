@@ -46,7 +46,10 @@ def test_config_from_env_reads_the_dsns_and_sizes() -> None:
     }
     config = NativeStackConfig.from_env(env)
     assert config.state_dir == Path("/tmp/s")
-    assert (config.airflow_db_uri, config.mlflow_db_uri) == (env["FLYWHEEL_AIRFLOW_DB_URI"], env["FLYWHEEL_MLFLOW_DB_URI"])
+    assert (config.airflow_db_uri, config.mlflow_db_uri) == (
+        env["FLYWHEEL_AIRFLOW_DB_URI"],
+        env["FLYWHEEL_MLFLOW_DB_URI"],
+    )
     assert (config.broker_url, config.workers, config.api_port) == ("redis://broker:6379/3", 5, 9090)
     assert config.admin_password == "pw" and not config.extra_env
 
@@ -77,7 +80,16 @@ def test_every_process_gets_celery_login_and_the_mlflow_server(tmp_path: Path) -
     assert env["AIRFLOW__CORE__FERNET_KEY"] == stack.env["AIRFLOW__CORE__FERNET_KEY"]  # generated once
 
     procs = stack.processes()
-    assert list(procs) == ["mlflow", "api-server", "dag-processor", "triggerer", "worker-1", "worker-2", "worker-3", "scheduler"]
+    assert list(procs) == [
+        "mlflow",
+        "api-server",
+        "dag-processor",
+        "triggerer",
+        "worker-1",
+        "worker-2",
+        "worker-3",
+        "scheduler",
+    ]
     assert "--serve-artifacts" in procs["mlflow"] and str(stack.artifacts_dir) in procs["mlflow"]
     worker = procs["worker-2"]
     assert worker[1:3] == ["celery", "worker"]

@@ -337,7 +337,10 @@ def test_mlflow_requires_a_login_and_the_workers_have_one() -> None:
     assert init["depends_on"]["mlflow"] == {"condition": "service_healthy"}
     assert init["restart"] == "no" and "./include:/opt/airflow/include:ro" in init["volumes"]
     init_env = _environment(init)
-    assert (init_env["MLFLOW_TASK_USER"], init_env["MLFLOW_TASK_PASSWORD"]) == ("flywheel", worker["MLFLOW_TRACKING_PASSWORD"])
+    assert (init_env["MLFLOW_TASK_USER"], init_env["MLFLOW_TASK_PASSWORD"]) == (
+        "flywheel",
+        worker["MLFLOW_TRACKING_PASSWORD"],
+    )
     assert init_env["MLFLOW_ADMIN_PASSWORD"] == env["MLFLOW_AUTH_ADMIN_PASSWORD"]
     assert init_env["MLFLOW_TRACKING_URI"] == worker["FLYWHEEL_MLFLOW_TRACKING_URI"]
     assert init_env["PYTHONPATH"] == "/opt/airflow/include"

@@ -34,7 +34,9 @@ def test_fingerprint_follows_the_rows_and_the_inputs() -> None:
 
 
 @pytest.mark.parametrize(("strategy", "planned"), [("trend_residual", "trend_residual"), ("transfer", "full")])
-def test_a_cold_start_plans_from_scratch_on_the_warm_up_periods(settings: Settings, strategy: str, planned: str) -> None:
+def test_a_cold_start_plans_from_scratch_on_the_warm_up_periods(
+    settings: Settings, strategy: str, planned: str
+) -> None:
     settings = dataclasses.replace(settings, training=dataclasses.replace(settings.training, strategy=strategy))
     for year in (2010, 2011):
         land(settings, year, make_tracks(year, n=200, level=52, seed=year))

@@ -32,9 +32,7 @@ def _versions(settings: Settings) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name = '{settings.model_name}'"))
 
 
-@pytest.mark.parametrize(
-    ("strategy", "first_strategy"), [("trend_residual", "trend_residual"), ("transfer", "full")]
-)
+@pytest.mark.parametrize(("strategy", "first_strategy"), [("trend_residual", "trend_residual"), ("transfer", "full")])
 def test_warm_up_cold_start_skip_and_transfer(
     flywheel: Settings, strategy: str, first_strategy: str, tmp_path: Path
 ) -> None:
@@ -50,7 +48,10 @@ def test_warm_up_cold_start_skip_and_transfer(
     assert rows[3].production_rmse > rows[3].challenger_rmse + 3
 
     client = registry.connect(flywheel.tracking_uri)
-    first, second = client.get_model_version(flywheel.model_name, "1"), client.get_model_version(flywheel.model_name, "2")
+    first, second = (
+        client.get_model_version(flywheel.model_name, "1"),
+        client.get_model_version(flywheel.model_name, "2"),
+    )
     assert first.tags[registry.T_TRAINING_PERIODS] == "2010,2011" and first.tags[registry.T_STRATEGY] == first_strategy
     assert second.tags[registry.T_STRATEGY] == strategy and second.tags[registry.T_PARENT] == "1"
     assert second.tags[registry.T_PREVIOUS_CHAMPION] == "1"
@@ -86,7 +87,9 @@ def test_a_knob_of_another_model_family_does_not_retrain_the_model(flywheel: Set
 
     def with_study_epochs(strategy: str, epochs: int) -> Settings:
         study_net = dataclasses.replace(flywheel.training.study_net, epochs=epochs)
-        return dataclasses.replace(flywheel, training=dataclasses.replace(flywheel.training, strategy=strategy, study_net=study_net))
+        return dataclasses.replace(
+            flywheel, training=dataclasses.replace(flywheel.training, strategy=strategy, study_net=study_net)
+        )
 
     default = steps.retrain_model(with_study_epochs("trend_residual", 3), 2011, run_id)
     assert (default["version"], default["reused"]) == ("1", True)
@@ -102,7 +105,9 @@ def test_gate_rejects_a_worse_challenger_and_keeps_the_champion(flywheel: Settin
     # A forced retrain with a learning rate far too high yields a challenger worse than the champion.
     reckless = dataclasses.replace(
         flywheel.training,
-        trend_residual=dataclasses.replace(flywheel.training.trend_residual, fine_tune_learning_rate=0.5, weight_decay=0.0),
+        trend_residual=dataclasses.replace(
+            flywheel.training.trend_residual, fine_tune_learning_rate=0.5, weight_decay=0.0
+        ),
     )
     (row,) = replay(dataclasses.replace(flywheel, force_retrain=True, training=reckless), [2012])
     assert row.decision == "retrain" and row.promoted is False

@@ -52,8 +52,12 @@ def test_a_rename_of_a_missing_column_names_the_map_file_and_key(settings: Setti
     land(settings, 2015, make_tracks(2015, n=50))
     column_map = tmp_path / "my_columns.json"
     column_map.write_text(json.dumps({"columns": {"track_popularity": "popularity"}}))
-    env = {"FLYWHEEL_STATE_DIR": str(settings.state_dir), "FLYWHEEL_SOURCE": "file",
-           "FLYWHEEL_LANDING_DIR": str(settings.landing_dir), "FLYWHEEL_COLUMN_MAP": str(column_map)}
+    env = {
+        "FLYWHEEL_STATE_DIR": str(settings.state_dir),
+        "FLYWHEEL_SOURCE": "file",
+        "FLYWHEEL_LANDING_DIR": str(settings.landing_dir),
+        "FLYWHEEL_COLUMN_MAP": str(column_map),
+    }
     with pytest.raises(ColumnMapError, match=r"my_columns.json: key 'columns.track_popularity': no landing file"):
         steps.ingest_tracks(Settings.from_env(env), 2015)
 

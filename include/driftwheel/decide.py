@@ -84,6 +84,4 @@ def should_retrain(
 
     share = "n/a" if summary.drift_share is None else f"{summary.drift_share:.2f}"
     rmse = "n/a" if summary.production_rmse is None else f"{summary.production_rmse:.2f}"
-    return Decision(
-        "skip", f"stable: drift share {share}, no target drift, production RMSE {rmse} within tolerance"
-    )
+    return Decision("skip", f"stable: drift share {share}, no target drift, production RMSE {rmse} within tolerance")

@@ -52,7 +52,6 @@ def reference_periods(champion_periods: list[int] | None, available: list[int], 
     return [p for p in available if p < period][-1:]
 
 
-
 def drift_report(
     current: pd.DataFrame,
     reference: pd.DataFrame,

@@ -124,7 +124,9 @@ class LabelHistory:
         return cls(pd.Series(dtype=float), pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in _HISTORY_COLUMNS}))
 
     @classmethod
-    def from_labelled(cls, frame: pd.DataFrame, columns: FeatureColumns, mean_rows: np.ndarray | None = None) -> LabelHistory:
+    def from_labelled(
+        cls, frame: pd.DataFrame, columns: FeatureColumns, mean_rows: np.ndarray | None = None
+    ) -> LabelHistory:
         """The history of labelled rows (any number of periods).
 
         A period's mean is taken over its ``mean_rows`` (default: all rows): a caller holding
@@ -137,9 +139,17 @@ class LabelHistory:
         parts: list[pd.DataFrame] = []
 
         def add(kind: str, key: pd.Series, key2: pd.Series | None, res: pd.Series, per: pd.Series) -> None:
-            keys = pd.DataFrame({"key": key.astype(str).to_numpy(), "key2": "" if key2 is None else key2.astype(str).to_numpy(),
-                                 "period": per.to_numpy(), "res": res.to_numpy()})
-            grouped = keys.groupby(["key", "key2", "period"], sort=True)["res"].agg(["size", "sum", "max"]).reset_index()
+            keys = pd.DataFrame(
+                {
+                    "key": key.astype(str).to_numpy(),
+                    "key2": "" if key2 is None else key2.astype(str).to_numpy(),
+                    "period": per.to_numpy(),
+                    "res": res.to_numpy(),
+                }
+            )
+            grouped = (
+                keys.groupby(["key", "key2", "period"], sort=True)["res"].agg(["size", "sum", "max"]).reset_index()
+            )
             grouped.columns = ["key", "key2", "period", "n", "res_sum", "res_max"]
             parts.append(grouped.assign(table=kind))
 
@@ -150,7 +160,11 @@ class LabelHistory:
         if columns.title:
             add("title", frame[columns.title].map(base_title), None, residual, period)
             guests = frame[columns.title].astype(str).map(guest_artists)
-            exploded = pd.DataFrame({"guest": guests, "res": residual, "period": period}).explode("guest").dropna(subset=["guest"])
+            exploded = (
+                pd.DataFrame({"guest": guests, "res": residual, "period": period})
+                .explode("guest")
+                .dropna(subset=["guest"])
+            )
             if len(exploded):
                 add("guest", exploded["guest"], None, exploded["res"], exploded["period"])
         table = pd.concat(parts, ignore_index=True)[list(_HISTORY_COLUMNS)] if parts else cls.empty().table
@@ -180,25 +194,40 @@ class LabelHistory:
 
     def save(self, path: Path) -> None:
         """One Parquet file; the period means are rows of kind ``period_mean``."""
-        means = pd.DataFrame({"table": "period_mean", "key": "", "key2": "", "period": self.period_means.index.astype(int),
-                              "n": 0, "res_sum": self.period_means.to_numpy(float), "res_max": 0.0})
+        means = pd.DataFrame(
+            {
+                "table": "period_mean",
+                "key": "",
+                "key2": "",
+                "period": self.period_means.index.astype(int),
+                "n": 0,
+                "res_sum": self.period_means.to_numpy(float),
+                "res_max": 0.0,
+            }
+        )
         pd.concat([self.table, means], ignore_index=True).to_parquet(path, index=False)
 
     @classmethod
     def load(cls, path: Path) -> LabelHistory:
         raw = pd.read_parquet(path)
         means_rows = raw[raw["table"] == "period_mean"]
-        means = pd.Series(means_rows["res_sum"].to_numpy(float), index=means_rows["period"].astype(int).to_numpy()).sort_index()
+        means = pd.Series(
+            means_rows["res_sum"].to_numpy(float), index=means_rows["period"].astype(int).to_numpy()
+        ).sort_index()
         table = raw[raw["table"] != "period_mean"].reset_index(drop=True)
         return cls(means, table.astype({c: _dtype(c) for c in _HISTORY_COLUMNS}))
 
 
 def _dtype(column: str) -> str:
-    return {"table": "object", "key": "object", "key2": "object", "period": "int64", "n": "float64"}.get(column, "float64")
+    return {"table": "object", "key": "object", "key2": "object", "period": "int64", "n": "float64"}.get(
+        column, "float64"
+    )
 
 
 # -- building the features of one period's batch ------------------------------------------------
-def build_features(history: LabelHistory, batch: pd.DataFrame, columns: FeatureColumns, config: FeatureConfig) -> pd.DataFrame:
+def build_features(
+    history: LabelHistory, batch: pd.DataFrame, columns: FeatureColumns, config: FeatureConfig
+) -> pd.DataFrame:
     """One row of model inputs per row of ``batch``, in its order and with its index.
 
     Rows are grouped by period; each period is treated as one ingest batch and described from
@@ -229,26 +258,32 @@ def _aggregate(table: pd.DataFrame, kind: str, period: int, decay: float) -> pd.
     rows = table[table["table"] == kind]
     if rows.empty:
         empty_index = pd.MultiIndex.from_arrays([[], []], names=["key", "key2"])
-        return pd.DataFrame(columns=["n", "s", "ws", "wn", "periods", "last", "mx", "last_res"], index=empty_index, dtype=float)
+        return pd.DataFrame(
+            columns=["n", "s", "ws", "wn", "periods", "last", "mx", "last_res"], index=empty_index, dtype=float
+        )
     weight = decay ** (period - 1 - rows["period"].to_numpy(float))
     rows = rows.assign(ws=weight * rows["res_sum"].to_numpy(), wn=weight * rows["n"].to_numpy())
     grouped = rows.groupby(["key", "key2"], sort=False)
-    out = pd.DataFrame({
-        "n": grouped["n"].sum(),
-        "s": grouped["res_sum"].sum(),
-        "ws": grouped["ws"].sum(),
-        "wn": grouped["wn"].sum(),
-        "periods": grouped["period"].nunique(),
-        "last": grouped["period"].max(),
-        "mx": grouped["res_max"].max(),
-    })
+    out = pd.DataFrame(
+        {
+            "n": grouped["n"].sum(),
+            "s": grouped["res_sum"].sum(),
+            "ws": grouped["ws"].sum(),
+            "wn": grouped["wn"].sum(),
+            "periods": grouped["period"].nunique(),
+            "last": grouped["period"].max(),
+            "mx": grouped["res_max"].max(),
+        }
+    )
     newest = rows.loc[grouped["period"].idxmax()].set_index(["key", "key2"])
     out["last_res"] = newest["res_sum"] / newest["n"]
     return out
 
 
 def _lookup(aggregated: pd.DataFrame, key: pd.Series, key2: pd.Series | None = None) -> pd.DataFrame:
-    index = pd.MultiIndex.from_arrays([key.astype(str), key2.astype(str) if key2 is not None else pd.Series("", index=key.index)])
+    index = pd.MultiIndex.from_arrays(
+        [key.astype(str), key2.astype(str) if key2 is not None else pd.Series("", index=key.index)]
+    )
     return aggregated.reindex(index).reset_index(drop=True).fillna(0.0)
 
 
@@ -256,7 +291,9 @@ def _non_ascii(values: pd.Series) -> np.ndarray:
     return values.astype(str).map(lambda text: float(any(ord(ch) > 127 for ch in text))).to_numpy(float)
 
 
-def _period_features(history: LabelHistory, b: pd.DataFrame, period: int, columns: FeatureColumns, config: FeatureConfig) -> pd.DataFrame:
+def _period_features(
+    history: LabelHistory, b: pd.DataFrame, period: int, columns: FeatureColumns, config: FeatureConfig
+) -> pd.DataFrame:
     k = config.shrinkage
     out: dict[str, np.ndarray | pd.Series] = {}
     for name in columns.numeric:
@@ -322,7 +359,9 @@ def _period_features(history: LabelHistory, b: pd.DataFrame, period: int, column
             by_artist_album = b.groupby([artist, album])[columns.album].transform("size").astype(float).to_numpy()
             out["batch_artist_album_log_tracks"] = np.log(by_artist_album)
             out["batch_artist_log_albums"] = np.log(album.groupby(artist).transform("nunique").astype(float).to_numpy())
-            out["batch_artist_album_share"] = by_artist_album / artist.groupby(artist).transform("size").astype(float).to_numpy()
+            out["batch_artist_album_share"] = (
+                by_artist_album / artist.groupby(artist).transform("size").astype(float).to_numpy()
+            )
             seen_album = _lookup(_aggregate(table, "album", period, config.decay), artist, album)
             out["album_seen_log_tracks"] = np.log1p(seen_album["n"].to_numpy(float))
             out["album_seen_shrunk_residual"] = seen_album["s"].to_numpy(float) / (seen_album["n"].to_numpy(float) + k)
@@ -361,5 +400,7 @@ def _guest_features(
         "guest_seen": seen,
         # How many of this batch's tracks feature the artist as a guest: demand this period.
         "batch_artist_as_guest_log": np.log1p(artist.map(guest_counts).fillna(0.0).astype(float).to_numpy()),
-        "batch_guests_as_artists_log": guests.map(lambda names: float(np.log1p(sum(batch_artists.get(n, 0) for n in names)))).to_numpy(float),
+        "batch_guests_as_artists_log": guests.map(
+            lambda names: float(np.log1p(sum(batch_artists.get(n, 0) for n in names)))
+        ).to_numpy(float),
     }

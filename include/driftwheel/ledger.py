@@ -77,7 +77,9 @@ def append(client: MlflowClient, experiment: str, entry: Entry) -> str:
         if value is not None:
             client.log_metric(run.info.run_id, key, float(value))
     client.set_terminated(run.info.run_id, "FINISHED")
-    logger.info("ledger: %s %s %s -> %s (%s)", entry.action, entry.model, entry.from_version, entry.to_version, entry.reason)
+    logger.info(
+        "ledger: %s %s %s -> %s (%s)", entry.action, entry.model, entry.from_version, entry.to_version, entry.reason
+    )
     return str(run.info.run_id)
 
 

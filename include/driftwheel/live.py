@@ -120,7 +120,9 @@ def announce(settings: Settings, periods: Iterable[int]) -> dict[str, Any]:
     manifest = _load(path)
     rows = pending_rows(manifest)
     for entry in manifest["files"].values():
-        entry["announced"] = sorted({*map(int, entry["announced"]), *(p for p in periods if str(p) in entry["labeled_rows"])})
+        entry["announced"] = sorted(
+            {*map(int, entry["announced"]), *(p for p in periods if str(p) in entry["labeled_rows"])}
+        )
     _save(path, manifest)
     return {"periods": periods, "rows": {str(p): rows.get(p, 0) for p in periods}}
 

@@ -75,7 +75,9 @@ def _advisory_lock(uri: str, name: str, timeout: float) -> Iterator[None]:
             try:
                 cur.execute("SELECT pg_advisory_lock(%s)", (_key(name),))
             except psycopg2.errors.LockNotAvailable as err:
-                raise LockTimeout(f"the promotion lock of {name} is held elsewhere for more than {timeout:.0f} s") from err
+                raise LockTimeout(
+                    f"the promotion lock of {name} is held elsewhere for more than {timeout:.0f} s"
+                ) from err
         try:
             yield
         finally:

@@ -126,7 +126,13 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def _minibatch_epochs(
-    net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, seed: int
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    seed: int,
 ) -> list[float]:
     """Seeded mini-batch gradient descent on the mean squared error; the mean loss per epoch."""
     generator = torch.Generator().manual_seed(seed)
@@ -161,9 +167,21 @@ def train_full(frame: pd.DataFrame, features: tuple[str, ...], target: str, conf
         torch.manual_seed(config.seed)
         prep = Preprocessing.fit(frame, features, target)
         net = PopularityNet(len(features))
-        losses = _fit(net, prep.transform(frame), prep.scale_target(frame[target].to_numpy(float)), config.study_net.epochs, config)
+        losses = _fit(
+            net,
+            prep.transform(frame),
+            prep.scale_target(frame[target].to_numpy(float)),
+            config.study_net.epochs,
+            config,
+        )
     seconds = time.perf_counter() - started
-    logger.info("full training on %d rows, %d epochs: %.2f s, final loss %.4f", len(frame), config.study_net.epochs, seconds, losses[-1])
+    logger.info(
+        "full training on %d rows, %d epochs: %.2f s, final loss %.4f",
+        len(frame),
+        config.study_net.epochs,
+        seconds,
+        losses[-1],
+    )
     return TrainedModel(net, prep, "full", seconds, losses)
 
 
@@ -176,7 +194,13 @@ def fine_tune(parent: TrainedModel, frame: pd.DataFrame, target: str, config: Tr
         for i, layer in enumerate(net.layers):
             layer.requires_grad_(i >= config.study_net.freeze_layers)
         prep = parent.preprocessing
-        losses = _fit(net, prep.transform(frame), prep.scale_target(frame[target].to_numpy(float)), config.study_net.fine_tune_epochs, config)
+        losses = _fit(
+            net,
+            prep.transform(frame),
+            prep.scale_target(frame[target].to_numpy(float)),
+            config.study_net.fine_tune_epochs,
+            config,
+        )
         net.requires_grad_(True)
     seconds = time.perf_counter() - started
     logger.info(
@@ -259,7 +283,9 @@ class TrendResidualModel:
         """
         known = self.history.period_means
         levels = {
-            int(p): float(known[int(p)]) if int(p) in known.index else trend_level(known, int(p), self.config.features.trend_window)
+            int(p): float(known[int(p)])
+            if int(p) in known.index
+            else trend_level(known, int(p), self.config.features.trend_window)
             for p in periods.unique()
         }
         return periods.astype(int).map(levels).to_numpy(float)
@@ -293,7 +319,9 @@ def _row_keys(frame: pd.DataFrame, columns: FeatureColumns) -> np.ndarray:
     return pd.util.hash_pandas_object(frame[used], index=False).to_numpy(np.uint64)
 
 
-def _labelled_rows(history: LabelHistory, labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrendResidualConfig) -> pd.DataFrame:
+def _labelled_rows(
+    history: LabelHistory, labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrendResidualConfig
+) -> pd.DataFrame:
     """Featurized fit rows of ``labelled`` with their residual target, period and row key."""
     x = build_features(history, labelled, columns, config.features)
     period = labelled[columns.period].astype(int)
@@ -311,12 +339,16 @@ def _replay_buffer(rows: pd.DataFrame, size: int) -> pd.DataFrame:
     return rows.sort_values("row_key", kind="stable").head(size).reset_index(drop=True)
 
 
-def _fit_residual(net: ResidualNet, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, config: TrendResidualConfig, seed: int) -> list[float]:
+def _fit_residual(
+    net: ResidualNet, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, config: TrendResidualConfig, seed: int
+) -> list[float]:
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=config.weight_decay)
     return _minibatch_epochs(net, optimizer, x, y, epochs, config.batch_size, seed)
 
 
-def train_trend_residual(labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrainingConfig) -> TrendResidualModel:
+def train_trend_residual(
+    labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrainingConfig
+) -> TrendResidualModel:
     """A new trend_residual model from scratch.
 
     ``labelled`` holds whole periods (batch features count within a period); all of its labels
@@ -347,14 +379,32 @@ def train_trend_residual(labelled: pd.DataFrame, fit: np.ndarray, columns: Featu
             nets.append(net)
     finished = time.perf_counter()
     model = TrendResidualModel(
-        nets, columns, cfg, features, mean, std, residual_std, history, _replay_buffer(rows, cfg.replay_buffer_rows),
-        train_seconds=finished - built, feature_seconds=built - started, epoch_losses=losses,
+        nets,
+        columns,
+        cfg,
+        features,
+        mean,
+        std,
+        residual_std,
+        history,
+        _replay_buffer(rows, cfg.replay_buffer_rows),
+        train_seconds=finished - built,
+        feature_seconds=built - started,
+        epoch_losses=losses,
     )
-    logger.info("trend_residual from scratch on %d rows, %d features: features %.2f s, training %.2f s", len(rows), len(features), model.feature_seconds, model.train_seconds)
+    logger.info(
+        "trend_residual from scratch on %d rows, %d features: features %.2f s, training %.2f s",
+        len(rows),
+        len(features),
+        model.feature_seconds,
+        model.train_seconds,
+    )
     return model
 
 
-def fine_tune_trend_residual(parent: TrendResidualModel, labelled: pd.DataFrame, fit: np.ndarray, config: TrainingConfig) -> TrendResidualModel:
+def fine_tune_trend_residual(
+    parent: TrendResidualModel, labelled: pd.DataFrame, fit: np.ndarray, config: TrainingConfig
+) -> TrendResidualModel:
     """``parent`` updated with the periods in ``labelled``: their labels join the history (a
     period the parent already had is replaced), and every member is fine-tuned for a few epochs
     on the ``fit`` rows plus replayed earlier rows. Scalers stay the parent's."""
@@ -370,7 +420,11 @@ def fine_tune_trend_residual(parent: TrendResidualModel, labelled: pd.DataFrame,
     rng = np.random.default_rng([config.seed, max(replaced)])
     replayed = old.iloc[np.sort(rng.choice(len(old), size=n_replay, replace=False))] if n_replay else old.head(0)
     rows = pd.concat([new_rows, replayed], ignore_index=True).sort_values("row_key", kind="stable")
-    scaled_x = torch.from_numpy(((rows[list(parent.features)].to_numpy(np.float64) - parent.feature_mean) / parent.feature_std).astype(np.float32))
+    scaled_x = torch.from_numpy(
+        ((rows[list(parent.features)].to_numpy(np.float64) - parent.feature_mean) / parent.feature_std).astype(
+            np.float32
+        )
+    )
     scaled_y = torch.from_numpy((rows["residual"].to_numpy() / parent.residual_std).astype(np.float32))
     nets: list[ResidualNet] = []
     losses: list[float] = []
@@ -379,15 +433,30 @@ def fine_tune_trend_residual(parent: TrendResidualModel, labelled: pd.DataFrame,
             net = copy.deepcopy(parent_net)
             seed = config.seed + member + 1000 * max(replaced)
             torch.manual_seed(seed)
-            losses = _fit_residual(net, scaled_x, scaled_y, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate, cfg, seed)
+            losses = _fit_residual(
+                net, scaled_x, scaled_y, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate, cfg, seed
+            )
             nets.append(net)
     finished = time.perf_counter()
     buffer = _replay_buffer(pd.concat([old, new_rows], ignore_index=True), cfg.replay_buffer_rows)
     model = dataclasses.replace(
-        parent, nets=nets, history=history, replay=buffer, config=_keeping_shape(cfg, parent.config), strategy="trend_residual",
-        train_seconds=finished - built, feature_seconds=built - started, epoch_losses=losses,
+        parent,
+        nets=nets,
+        history=history,
+        replay=buffer,
+        config=_keeping_shape(cfg, parent.config),
+        strategy="trend_residual",
+        train_seconds=finished - built,
+        feature_seconds=built - started,
+        epoch_losses=losses,
     )
-    logger.info("trend_residual fine-tune on %d new + %d replayed rows: features %.2f s, training %.2f s", len(new_rows), n_replay, model.feature_seconds, model.train_seconds)
+    logger.info(
+        "trend_residual fine-tune on %d new + %d replayed rows: features %.2f s, training %.2f s",
+        len(new_rows),
+        n_replay,
+        model.feature_seconds,
+        model.train_seconds,
+    )
     return model
 
 
@@ -410,16 +479,21 @@ def save(model: AnyModel, directory: Path) -> dict[str, Path]:
         prep.write_text(json.dumps({**asdict(model.preprocessing), "strategy": model.strategy}, indent=2))
         return {"weights": weights, "preprocessing": prep}
     torch.save({"members": [net.state_dict() for net in model.nets]}, weights)
-    prep.write_text(json.dumps({
-        "kind": "trend_residual",
-        "strategy": model.strategy,
-        "columns": asdict(model.columns),
-        "config": asdict(model.config),
-        "features": list(model.features),
-        "feature_mean": model.feature_mean.tolist(),
-        "feature_std": model.feature_std.tolist(),
-        "residual_std": model.residual_std,
-    }, indent=2))
+    prep.write_text(
+        json.dumps(
+            {
+                "kind": "trend_residual",
+                "strategy": model.strategy,
+                "columns": asdict(model.columns),
+                "config": asdict(model.config),
+                "features": list(model.features),
+                "feature_mean": model.feature_mean.tolist(),
+                "feature_std": model.feature_std.tolist(),
+                "residual_std": model.residual_std,
+            },
+            indent=2,
+        )
+    )
     history = directory / HISTORY_FILE
     replay = directory / REPLAY_FILE
     model.history.save(history)
@@ -455,7 +529,14 @@ def load(files: Mapping[str, Path]) -> AnyModel:
         member.eval()
         nets.append(member)
     return TrendResidualModel(
-        nets, columns, config, features, np.asarray(raw["feature_mean"]), np.asarray(raw["feature_std"]),
-        float(raw["residual_std"]), LabelHistory.load(Path(files["history"])), pd.read_parquet(files["replay"]),
+        nets,
+        columns,
+        config,
+        features,
+        np.asarray(raw["feature_mean"]),
+        np.asarray(raw["feature_std"]),
+        float(raw["residual_std"]),
+        LabelHistory.load(Path(files["history"])),
+        pd.read_parquet(files["replay"]),
         strategy=raw["strategy"],
     )

@@ -70,7 +70,11 @@ def trend_residual_inputs(
 
     cfg = settings.training
     available = [p for p in store.available_periods(settings.curated_dir) if cfg.warmup_start <= p <= period]
-    warm = parent_model if isinstance(parent_model, model_lib.TrendResidualModel) and cfg.trend_residual.fine_tune else None
+    warm = (
+        parent_model
+        if isinstance(parent_model, model_lib.TrendResidualModel) and cfg.trend_residual.fine_tune
+        else None
+    )
     if warm is not None:
         known = set(warm.history.periods)
         periods = sorted({p for p in available if p not in known and p < period} | {period})
@@ -100,9 +104,13 @@ def plan_trend_residual(settings: Settings, period: int, parent: Any, parent_mod
         strategy="trend_residual",
         parent=str(parent.version) if parent and warm_parent else None,
         training=cfg.fingerprint_inputs("trend_residual", from_parent=warm_parent is not None),
-        columns=dataclasses.asdict(warm_parent.columns if warm_parent else model_lib.feature_columns(settings.dataset, labelled)),
+        columns=dataclasses.asdict(
+            warm_parent.columns if warm_parent else model_lib.feature_columns(settings.dataset, labelled)
+        ),
     )
-    return TrainingPlan("trend_residual", digest, training_periods, int(fit.sum()), labelled.head(5), warm_parent is None, train)
+    return TrainingPlan(
+        "trend_residual", digest, training_periods, int(fit.sum()), labelled.head(5), warm_parent is None, train
+    )
 
 
 def plan_study_net(settings: Settings, period: int, parent: Any, parent_model: AnyModel | None) -> TrainingPlan:
@@ -126,7 +134,9 @@ def plan_study_net(settings: Settings, period: int, parent: Any, parent_model: A
         earlier = [p for p in store.available_periods(settings.curated_dir) if p < period]
         if earlier:
             pool = store.read_partitions(settings.curated_dir, earlier)
-            replay = pool.sample(n=min(len(pool), int(cfg.study_net.replay_share * len(latest_train))), random_state=cfg.seed)
+            replay = pool.sample(
+                n=min(len(pool), int(cfg.study_net.replay_share * len(latest_train))), random_state=cfg.seed
+            )
             rows = pd.concat([latest_train, replay], ignore_index=True)
     if (
         strategy == "transfer"
@@ -171,5 +181,7 @@ def plan(settings: Settings, period: int, parent: Any, parent_model: AnyModel | 
     try:
         planner = PLANNERS[settings.training.strategy]
     except KeyError:
-        raise KeyError(f"no training planner for strategy {settings.training.strategy!r}; known: {sorted(PLANNERS)}") from None
+        raise KeyError(
+            f"no training planner for strategy {settings.training.strategy!r}; known: {sorted(PLANNERS)}"
+        ) from None
     return planner(settings, period, parent, parent_model)

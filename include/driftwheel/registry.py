@@ -44,6 +44,7 @@ T_HOLDOUT_RMSE = "flywheel.holdout_rmse"
 T_PREVIOUS_CHAMPION = "flywheel.previous_champion"
 T_STATUS = "flywheel.status"
 
+
 # What the logged model needs at load time besides this package (see README: models load where
 # driftwheel is importable, as in the DAG's workers and the benchmark).
 def _pip_requirements() -> list[str]:
@@ -63,7 +64,9 @@ class PopularityModel(PythonModel):
 
         self._model = model_lib.load({name: Path(path) for name, path in context.artifacts.items()})
 
-    def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.Series:
+    def predict(
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.Series:
         return pd.Series(self._model.predict(model_input), index=model_input.index, name="popularity")
 
 
@@ -173,7 +176,9 @@ def _download(client: MlflowClient, version: ModelVersion, dst: Path, path: str 
     """Download the files of a registered version (or one of them) from the client's store into ``dst``."""
     source = client.get_model_version_download_uri(version.name, str(version.version)).rstrip("/")
     uri = f"{source}/{path}" if path else source
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri))
+    return Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=client.tracking_uri)
+    )
 
 
 def load_trained(client: MlflowClient, version: ModelVersion) -> model_lib.AnyModel:
@@ -322,9 +327,7 @@ def reject(
     )
 
 
-def rollback(
-    client: MlflowClient, name: str, *, reason: str, door: Door, to_version: str | None = None
-) -> Promotion:
+def rollback(client: MlflowClient, name: str, *, reason: str, door: Door, to_version: str | None = None) -> Promotion:
     """Restore an earlier champion through the same door as a promotion (lock, ledger).
 
     ``to_version`` defaults to the version the current champion replaced. Only a version that was

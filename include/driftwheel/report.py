@@ -126,7 +126,17 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
 
 def format_table(rows: list[PeriodRow]) -> str:
     """The per-year table as Markdown (readable in a terminal and pasteable into the README)."""
-    header = ["year", "rows", "drift share", "target drift", "prod RMSE", "decision", "challenger RMSE", "promoted", "champion"]
+    header = [
+        "year",
+        "rows",
+        "drift share",
+        "target drift",
+        "prod RMSE",
+        "decision",
+        "challenger RMSE",
+        "promoted",
+        "champion",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         target = "-" if r.target_drift is None else f"{r.target_drift:.2f}{' *' if r.target_drifted else ''}"

@@ -195,15 +195,11 @@ def load_scenario(spec: str) -> Scenario:
         return PRESETS[spec]
     path = Path(spec)
     if not path.is_file():
-        raise ScenarioError(
-            f"unknown scenario {spec!r}: neither a preset ({', '.join(PRESETS)}) nor a JSON file"
-        )
+        raise ScenarioError(f"unknown scenario {spec!r}: neither a preset ({', '.join(PRESETS)}) nor a JSON file")
     try:
         return Scenario.model_validate_json(path.read_bytes())
     except ValidationError as err:
-        problems = [
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()
-        ]
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in err.errors()]
         raise ScenarioError(f"invalid scenario file {path}: " + "; ".join(problems)) from None
     except OSError as err:
         raise ScenarioError(f"cannot read scenario file {path}: {err}") from None

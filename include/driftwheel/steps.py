@@ -166,7 +166,9 @@ def _scores_path(settings: Settings, period: int, version: str, current: pd.Data
     return store.partition_path(settings.state_dir / "scores", period, f"champion-v{version}-{digest:016x}.parquet")
 
 
-def _keep_champion_scores(settings: Settings, period: int, version: str, current: pd.DataFrame, predictions: np.ndarray) -> None:
+def _keep_champion_scores(
+    settings: Settings, period: int, version: str, current: pd.DataFrame, predictions: np.ndarray
+) -> None:
     """Keep the champion's predictions of the period (atomically) for the gate; drop older ones."""
     path = _scores_path(settings, period, version, current)
     store.write_frame(pd.DataFrame({"prediction": np.asarray(predictions, dtype=float)}), path)
@@ -201,13 +203,17 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
     from driftwheel import registry, report
 
     client = _client(settings)
-    run_id = report.period_run(client, _experiment(settings, client), period, {"flywheel.source": settings.source, **(run_tags or {})})
+    run_id = report.period_run(
+        client, _experiment(settings, client), period, {"flywheel.source": settings.source, **(run_tags or {})}
+    )
     current = store.read_partition(settings.curated_dir, period)
     spec = settings.dataset
     champion = registry.champion_for_period(client, settings.model_name, period)
 
     reference_periods = drift_lib.reference_periods(
-        _training_periods(champion) if champion is not None else None, store.available_periods(settings.curated_dir), period
+        _training_periods(champion) if champion is not None else None,
+        store.available_periods(settings.curated_dir),
+        period,
     )
     drift = None
     if reference_periods:
@@ -225,7 +231,9 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
         predictions = np.asarray(registry.load_trained(client, champion).predict(current), dtype=float)
         _keep_champion_scores(settings, period, str(champion.version), current, predictions)
         production_rmse = evaluate.rmse(current[spec.target], predictions)
-        holdout_rmse = float(champion.tags[registry.T_HOLDOUT_RMSE]) if registry.T_HOLDOUT_RMSE in champion.tags else None
+        holdout_rmse = (
+            float(champion.tags[registry.T_HOLDOUT_RMSE]) if registry.T_HOLDOUT_RMSE in champion.tags else None
+        )
 
     summary = DriftSummary(
         period=period,

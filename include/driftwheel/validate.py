@@ -111,7 +111,7 @@ def require_features(
         raise BatchRejected(
             f"{source} lacks column(s) {', '.join(repr(m) for m in missing)} that the champion "
             f"(version {champion_version}) needs as input (rule: champion_features); add them to the "
-            f"landing files or to \"features\"/\"columns\" in the column map"
+            f'landing files or to "features"/"columns" in the column map'
         )
 
 
@@ -126,9 +126,7 @@ def duplicate_reasons(frame: pd.DataFrame, id_column: str) -> pd.Series:
         where = pd.Series(
             [location(f, r) for f, r in zip(first[SOURCE_FILE], first[SOURCE_ROW])], index=ids[first.index]
         )
-        reasons[duplicated] = [
-            f"{id_column}: unique (duplicate of {where[i]}); " for i in ids[duplicated]
-        ]
+        reasons[duplicated] = [f"{id_column}: unique (duplicate of {where[i]}); " for i in ids[duplicated]]
     return reasons
 
 
@@ -168,7 +166,7 @@ def _empty_header_hint(frame: pd.DataFrame, missing: str) -> str:
         return ""
     return (
         f"; column '{unnamed[0]}' is one whose header is empty in the file: if it holds {missing}, "
-        f"name it in the column map: \"columns\": {{\"{unnamed[0]}\": \"{missing}\"}}"
+        f'name it in the column map: "columns": {{"{unnamed[0]}": "{missing}"}}'
     )
 
 
@@ -197,9 +195,7 @@ def validate_batch(batch: Batch, spec: DatasetSpec, policy: ValidationPolicy) ->
     quarantined = frame.loc[bad].assign(**{REASON: reasons[bad].str.rstrip("; ")}).reset_index(drop=True)
     bad_share = float(bad.mean()) if len(frame) else 1.0
     if bad_share > policy.max_bad_share:
-        worst = (
-            reasons[bad].str.split("; ").explode().loc[lambda s: s != ""].value_counts().head(3)
-        )
+        worst = reasons[bad].str.split("; ").explode().loc[lambda s: s != ""].value_counts().head(3)
         example = quarantined.iloc[0]
         rule_summary = "; ".join(f"{rule} ({count} rows)" for rule, count in worst.items())
         raise BatchRejected(

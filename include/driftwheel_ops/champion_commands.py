@@ -46,7 +46,9 @@ def roll_back(args: argparse.Namespace) -> int:
         except (LookupError, ValueError) as refused:
             print(f"rollback refused: {refused}")
             return 1
-    print(f"{settings.model_name}: champion v{restored['previous_version']} -> v{restored['champion_version']} ({args.reason})")
+    print(
+        f"{settings.model_name}: champion v{restored['previous_version']} -> v{restored['champion_version']} ({args.reason})"
+    )
     return 0
 
 

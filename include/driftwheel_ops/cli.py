@@ -264,7 +264,9 @@ def table(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m driftwheel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m driftwheel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--api-port", type=int, default=int(os.environ.get("FLYWHEEL_API_PORT", str(DEFAULT_API_PORT))))
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the stack does")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -286,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     champion_commands.add_commands(commands)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
     # SIGTERM (timeout, systemd, a closed terminal) unwinds like Ctrl-C: the stack's context
     # manager then stops every process it started instead of leaving them running.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))

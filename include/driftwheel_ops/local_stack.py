@@ -415,8 +415,7 @@ class LocalStack:
             raise
         backfill_id = int(created["id"])
         skipped = self._query(
-            "SELECT logical_date, exception_reason FROM backfill_dag_run"
-            " WHERE backfill_id = %s AND dag_run_id IS NULL",
+            "SELECT logical_date, exception_reason FROM backfill_dag_run WHERE backfill_id = %s AND dag_run_id IS NULL",
             (backfill_id,),
         )
         for logical_date, reason in skipped:
@@ -598,9 +597,7 @@ class LocalStack:
                 )
             time.sleep(0.5)
 
-    def trigger(
-        self, dag_id: str, conf: Mapping[str, Any], logical_date: datetime | None = None
-    ) -> str:
+    def trigger(self, dag_id: str, conf: Mapping[str, Any], logical_date: datetime | None = None) -> str:
         """Trigger a run with ``conf``; return its run_id."""
         args = ["dags", "trigger", dag_id, "--conf", json.dumps(dict(conf)), "--output", "json"]
         if logical_date is not None:
@@ -1130,4 +1127,3 @@ def _parse_json_output(out: str) -> list[dict[str, Any]]:
 
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
-

@@ -57,9 +57,7 @@ def provision_task_user(mlflow_url: str, admin: tuple[str, str], user: tuple[str
     log.info("MLflow user %s (EDIT on every experiment and model) ready", name)
 
 
-def _call(
-    mlflow_url: str, method: str, path: str, auth: tuple[str, str], body: Mapping[str, Any]
-) -> tuple[int, str]:
+def _call(mlflow_url: str, method: str, path: str, auth: tuple[str, str], body: Mapping[str, Any]) -> tuple[int, str]:
     """(status, response text) of a JSON call to the MLflow server with basic auth."""
     token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     req = urllib.request.Request(
@@ -89,7 +87,9 @@ def main(env: Mapping[str, str] | None = None) -> int:
         return 1
     try:
         provision_task_user(
-            env["MLFLOW_TRACKING_URI"], (MLFLOW_ADMIN, env["MLFLOW_ADMIN_PASSWORD"]), (user, env["MLFLOW_TASK_PASSWORD"])
+            env["MLFLOW_TRACKING_URI"],
+            (MLFLOW_ADMIN, env["MLFLOW_ADMIN_PASSWORD"]),
+            (user, env["MLFLOW_TASK_PASSWORD"]),
         )
     except (ProvisionError, OSError) as err:
         print(f"mlflow-init: {err}", file=sys.stderr)

@@ -565,7 +565,7 @@ def _listener(port: int) -> psutil.Process | None:
 
 
 def _describe(proc: psutil.Process) -> str:
-    """"pid N (command line)" for a message."""
+    """ "pid N (command line)" for a message."""
     try:
         cmd = " ".join(proc.cmdline())[:120]
     except psutil.Error:

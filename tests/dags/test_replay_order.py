@@ -37,8 +37,15 @@ def _replay_steps() -> list[str]:
 
 
 def test_the_replay_runs_dag_tasks_in_an_order_the_dag_allows(tmp_path: Path) -> None:
-    env = {"AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PYTHONPATH": str(REPO / "include"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", DOWNSTREAM, str(REPO / "dags")], capture_output=True, text=True, env=env, timeout=120)
+    env = {
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(REPO / "include"),
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", DOWNSTREAM, str(REPO / "dags")], capture_output=True, text=True, env=env, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     downstream: dict[str, list[str]] = json.loads(out.stdout.strip().splitlines()[-1])
 

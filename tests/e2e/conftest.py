@@ -13,9 +13,7 @@ DB_SUFFIX = os.environ.get("FLYWHEEL_TEST_DB_SUFFIX", str(os.getpid()))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "e2e: end-to-end test that starts real Airflow processes (slow, minutes)"
-    )
+    config.addinivalue_line("markers", "e2e: end-to-end test that starts real Airflow processes (slow, minutes)")
 
 
 def _execute(statement: str) -> None:

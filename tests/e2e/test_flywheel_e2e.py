@@ -67,7 +67,12 @@ def flywheel(fresh_database: Callable[[str], str]) -> Iterator[Flywheel]:
         airflow_db_uri=fresh_database("flywheel_e2e_airflow"),
         mlflow_db_uri=fresh_database("flywheel_e2e_mlflow"),
         api_port=_free_port(),
-        extra_env={"FLYWHEEL_STATE_DIR": str(state_dir), "FLYWHEEL_SOURCE": "synthetic", "FLYWHEEL_MODEL_NAME": MODEL, "FLYWHEEL_LAST_YEAR": "2020"},
+        extra_env={
+            "FLYWHEEL_STATE_DIR": str(state_dir),
+            "FLYWHEEL_SOURCE": "synthetic",
+            "FLYWHEEL_MODEL_NAME": MODEL,
+            "FLYWHEEL_LAST_YEAR": "2020",
+        },
     )
     with LocalStack(config) as stack:
         stack.wait_for_dag(DAG_ID)
@@ -132,14 +137,18 @@ def test_a_bad_batch_fails_the_run_and_leaves_the_champion(flywheel: Flywheel) -
     assert str(registry.champion(flywheel.client, MODEL).version) == champion_before
     assert flywheel.versions() == versions_before
     assert hashlib.sha256(bad.read_bytes()).hexdigest() == digest
-    logs = "".join(p.read_text(errors="replace") for p in flywheel.state_dir.rglob("*.log") if "validate_tracks" in str(p))
+    logs = "".join(
+        p.read_text(errors="replace") for p in flywheel.state_dir.rglob("*.log") if "validate_tracks" in str(p)
+    )
     assert "tracks_2021.csv: required column 'energy' is missing" in logs
 
 
 def _task_log(flywheel: Flywheel, run_id: str, task_id: str) -> str:
     logs = flywheel.state_dir / "airflow" / "logs"
     text = "".join(
-        p.read_text(errors="replace") for p in logs.rglob("*.log") if run_id in str(p) and f"task_id={task_id}" in str(p)
+        p.read_text(errors="replace")
+        for p in logs.rglob("*.log")
+        if run_id in str(p) and f"task_id={task_id}" in str(p)
     )
     return text.replace('\\"', '"')  # task logs are JSON lines: quotes inside messages are escaped
 
@@ -150,7 +159,10 @@ def _task_log(flywheel: Flywheel, run_id: str, task_id: str) -> str:
         # A form user set max_bad_share 1.0 and 1,000 rows with popularity 500 were curated.
         ({"year": 2021, "max_bad_share": 1.0}, "run parameters 'max_bad_share' are not declared by the DAG"),
         # landing_dir read any folder the worker could read.
-        ({"year": 2021, "source": "file", "landing_dir": "/etc"}, "landing_dir /etc is outside the allowed landing roots"),
+        (
+            {"year": 2021, "source": "file", "landing_dir": "/etc"},
+            "landing_dir /etc is outside the allowed landing roots",
+        ),
         # A manual run for 2030 was promoted, then blocked every later promotion.
         ({"year": 2030}, "period 2030 is beyond the next period: the flywheel has processed up to"),
     ],
@@ -235,8 +247,11 @@ def test_an_unreadable_landing_file_fails_once_by_name_without_retry(flywheel: F
     log = _task_log(flywheel, run_id, "ingest_tracks")
     assert "tracks_2021.csv" in log and message in log
     # A deterministic data error is not retried as if it were transient: one attempt only.
-    assert sorted(p.name for p in (flywheel.state_dir / "airflow" / "logs").rglob("attempt=*.log") if run_id in str(p)
-                  and "task_id=ingest_tracks" in str(p)) == ["attempt=1.log"]
+    assert sorted(
+        p.name
+        for p in (flywheel.state_dir / "airflow" / "logs").rglob("attempt=*.log")
+        if run_id in str(p) and "task_id=ingest_tracks" in str(p)
+    ) == ["attempt=1.log"]
     assert badfiles.digest(path) == before
     assert str(registry.champion(flywheel.client, MODEL).version) == champion_before
 

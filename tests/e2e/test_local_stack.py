@@ -72,9 +72,7 @@ def _backfill_and_check(stack: LocalStack, start: date, end: date, years: int) -
     wall = time.monotonic() - t0
     log.info("backfill of %d runs took %.1fs", len(runs), wall)
 
-    assert [r.logical_date.year for r in runs if r.logical_date] == list(
-        range(start.year, start.year + years)
-    )
+    assert [r.logical_date.year for r in runs if r.logical_date] == list(range(start.year, start.year + years))
     assert [r.state for r in runs] == ["success"] * years
     assert sorted(r.run_id for r in finished) == sorted(r.run_id for r in runs)
     for run in runs:
@@ -114,9 +112,7 @@ def test_backfill_on_external_postgres(state_dir: Path, fresh_database: Callable
 
 @pytest.mark.e2e
 def test_backfill_on_embedded_postgres(state_dir: Path) -> None:
-    config = StackConfig(
-        state_dir=state_dir, dags_folder=DAGS, python_path=(REPO / "include",), api_port=_free_port()
-    )
+    config = StackConfig(state_dir=state_dir, dags_folder=DAGS, python_path=(REPO / "include",), api_port=_free_port())
     with LocalStack(config) as stack:
         _backfill_and_check(stack, date(2008, 1, 1), date(2009, 1, 1), years=2)
 

@@ -417,9 +417,7 @@ def test_live_mode_hands_new_files_to_training_through_the_asset(server: Server)
     assert [json.loads(x) if isinstance(x, str) else x for (x,) in extra][0]["confs"] == [
         {"year": 2016, "source": "file", "landing_dir": str(landing)}
     ]
-    retrain_run = _wait_for(
-        "a live_retrain run", lambda: server.stack.dag_runs("live_retrain"), timeout=300
-    )[0]
+    retrain_run = _wait_for("a live_retrain run", lambda: server.stack.dag_runs("live_retrain"), timeout=300)[0]
     assert server.stack.wait_for_run("live_retrain", retrain_run.run_id, timeout=600).state == "success"
 
     def yearly_2016() -> list[dict[str, Any]]:

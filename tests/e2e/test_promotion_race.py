@@ -77,7 +77,11 @@ def test_concurrent_promotions_leave_one_champion_and_never_the_worse_model(
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'include'}:{REPO / 'tests'}"}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(pickled)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", WORKER, str(pickled)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]

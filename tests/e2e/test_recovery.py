@@ -383,9 +383,7 @@ def test_kill_9_while_registering_then_a_dead_api_server(state_root: Path) -> No
     holder: psycopg2.extensions.connection | None = None
     try:
         airflow_db = _wait_for("Airflow database", lambda: _embedded_pg(state, "airflow"), cli)
-        running = (
-            "SELECT id::text, run_id, try_number FROM task_instance WHERE task_id = 'retrain_model' AND state = 'running'"
-        )
+        running = "SELECT id::text, run_id, try_number FROM task_instance WHERE task_id = 'retrain_model' AND state = 'running'"
         ti_id, run_id, try_number = _wait_for("running retrain_model", lambda: _rows(airflow_db, running), cli)[0]
         assert try_number == 1
         mlflow_db = _embedded_pg(state, "mlflow")

@@ -130,7 +130,6 @@ def test_a_file_without_period_column_is_refused_by_name(tmp_path: Path) -> None
         read_period(FileSourceConfig(), SPEC, folder, 2015)
 
 
-
 # -- the landing index -------------------------------------------------------------------------------
 YEARS = range(2008, 2021)
 

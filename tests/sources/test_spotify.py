@@ -203,7 +203,9 @@ def test_credentials_from_env() -> None:
     assert SpotifyCredentials.from_env(spotipy_env) == SpotifyCredentials("id-2", "secret-2")
     with pytest.raises(SpotifySourceError, match="SPOTIFY_CLIENT_SECRET not set"):
         SpotifyCredentials.from_env({"SPOTIFY_CLIENT_ID": "an-id"})
-    with pytest.raises(SpotifySourceError, match="SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET not set.*spotify_default"):
+    with pytest.raises(
+        SpotifySourceError, match="SPOTIPY_CLIENT_ID and SPOTIPY_CLIENT_SECRET not set.*spotify_default"
+    ):
         SpotifyCredentials.from_env({})
     with pytest.raises(ValueError):
         SpotifyCredentials("an-id", "")

@@ -187,7 +187,9 @@ def test_the_drift_test_flags_nothing_on_stable_data_and_the_declared_change_oth
     def report(name: str, year: int) -> tuple[set[str], bool]:
         current = generate_year(year, CONFIG, PRESETS[name])
         result = drift_report(current, reference, SPOTIFY_AUDIO_FEATURES, "popularity", tmp_path / f"{name}{year}")
-        return {c for c, drifted in result.column_drifted.items() if drifted and c != "popularity"}, result.target_drifted
+        return {
+            c for c, drifted in result.column_drifted.items() if drifted and c != "popularity"
+        }, result.target_drifted
 
     assert report("stable", 2016) == (set(), False)
     assert report("stable", 2020) == (set(), False)

@@ -71,9 +71,7 @@ def landing_files(landing_dir: Path, pattern: str = "*") -> list[Path]:
     """The readable files in ``landing_dir`` matching ``pattern``, sorted by name."""
     if not landing_dir.is_dir():
         raise LandingError(f"landing folder {landing_dir} does not exist")
-    return sorted(
-        p for p in landing_dir.glob(pattern) if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-    )
+    return sorted(p for p in landing_dir.glob(pattern) if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES)
 
 
 def location(source_file: str, source_row: int) -> str:
@@ -117,15 +115,15 @@ def _read_csv(path: Path, source: FileSourceConfig) -> pd.DataFrame:
     except UnicodeDecodeError as err:
         raise _unreadable(
             path,
-            f"is not {source.encoding} text ({_first_undecodable(path, source.encoding)}); set \"encoding\" "
-            f"to the file's encoding in the column map, e.g. \"encoding\": \"latin-1\"",
+            f'is not {source.encoding} text ({_first_undecodable(path, source.encoding)}); set "encoding" '
+            f'to the file\'s encoding in the column map, e.g. "encoding": "latin-1"',
         ) from err
     except pd.errors.EmptyDataError as err:
         raise _unreadable(path, "is empty (no header line); remove it or write its header and rows") from err
     except pd.errors.ParserError as err:
         raise _unreadable(
             path,
-            f"is not a CSV delimited by {source.delimiter!r} ({err}); set \"delimiter\" in the column map",
+            f'is not a CSV delimited by {source.delimiter!r} ({err}); set "delimiter" in the column map',
         ) from err
     if frame.shape[1] == 1:
         header = str(frame.columns[0])
@@ -134,8 +132,8 @@ def _read_csv(path: Path, source: FileSourceConfig) -> pd.DataFrame:
             raise _unreadable(
                 path,
                 f"has a single column {header[:60]!r} when read with delimiter {source.delimiter!r}; "
-                f"set \"delimiter\": {json.dumps(other)} in the column map "
-                f"(and \"decimal\": \",\" if its numbers are written like 0,5)",
+                f'set "delimiter": {json.dumps(other)} in the column map '
+                f'(and "decimal": "," if its numbers are written like 0,5)',
             )
     return frame
 

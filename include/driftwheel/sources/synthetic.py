@@ -222,9 +222,7 @@ _SKEW_SHAPE = 2.0
 _FEATURE_EFFECT_SCALE = 1.6
 
 
-def _feature_effect(
-    features: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None = None
-) -> np.ndarray:
+def _feature_effect(features: dict[str, np.ndarray], weights: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """Popularity points from a smooth, mildly non-linear function of five audio features.
 
     This is the part of the label a model of the audio features can learn. Features are scaled
@@ -392,9 +390,7 @@ def _artist_pool(seed: int) -> _ArtistPool:
 
 
 # -- ids ---------------------------------------------------------------------------------------
-_BASE62 = np.frombuffer(
-    (string.digits + string.ascii_uppercase + string.ascii_lowercase).encode(), dtype=np.uint8
-)
+_BASE62 = np.frombuffer((string.digits + string.ascii_uppercase + string.ascii_lowercase).encode(), dtype=np.uint8)
 _ID_LENGTH = 22
 
 
@@ -403,9 +399,7 @@ def _track_ids(seed: int, year: int, n: int) -> np.ndarray:
 
     Each 64-bit half gives 11 characters (62**11 > 2**64), so distinct hashes give distinct ids.
     """
-    digests = b"".join(
-        hashlib.blake2b(f"{seed}/{year}/{row}".encode(), digest_size=16).digest() for row in range(n)
-    )
+    digests = b"".join(hashlib.blake2b(f"{seed}/{year}/{row}".encode(), digest_size=16).digest() for row in range(n))
     halves = np.frombuffer(digests, dtype=">u8").astype(np.uint64).reshape(n, 2)
     powers = np.uint64(62) ** np.arange(_ID_LENGTH // 2 - 1, -1, -1, dtype=np.uint64)
     digits = (halves[:, :, None] // powers) % np.uint64(62)  # (n, 2, 11), most significant first
@@ -639,6 +633,5 @@ def _album_names(artists: np.ndarray, songs: list[str], rng: np.random.Generator
     }
     single = rng.random(artists.size) < _SINGLE_SHARE
     return [
-        song if is_single else albums[a]
-        for a, song, is_single in zip(artists.tolist(), songs, single, strict=True)
+        song if is_single else albums[a] for a, song, is_single in zip(artists.tolist(), songs, single, strict=True)
     ]
