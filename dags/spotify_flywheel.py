@@ -82,6 +82,7 @@ SCHEDULE = Schedule.from_env()
 
 @dag(
     dag_id="spotify_flywheel",
+    dag_display_name=SCHEDULE.display_name,
     schedule="@yearly",
     start_date=pendulum.datetime(SCHEDULE.first_year, 1, 1, tz="UTC"),
     end_date=pendulum.datetime(SCHEDULE.last_year, 12, 31, tz="UTC") if SCHEDULE.last_year else None,
@@ -94,7 +95,7 @@ SCHEDULE = Schedule.from_env()
         "on_failure_callback": _end_period_run,
     },
     doc_md=__doc__,
-    tags=["flywheel", "mlflow", "evidently"],
+    tags=list(SCHEDULE.tags),
     params={
         "year": Param(
             None,

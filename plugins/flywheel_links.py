@@ -1,7 +1,10 @@
-"""The flywheel in the Airflow UI: links to the model in MLflow and to the latest drift report.
+"""The flywheel in the Airflow UI: its timeline, the drift reports, links to the model in MLflow.
 
 A "Flywheel" menu in the navigation bar (Airflow 3.1+ ``external_views``):
 
+- *Timeline*: per year the champion's production RMSE against the baseline's, the challengers'
+  held-out RMSE, drift, and the retrain / promote / reject / skip markers, read from the MLflow
+  period runs (:mod:`driftwheel.report`), shown inside the Airflow UI;
 - *Latest drift report*: the newest ``<state>/reports/year=YYYY/drift_report.html``, shown inside
   the Airflow UI (an iframe on this plugin's own FastAPI app, so same origin and same login);
 - *<model> in MLflow*: the registered model's page in the MLflow UI (new tab);
@@ -9,8 +12,13 @@ A "Flywheel" menu in the navigation bar (Airflow 3.1+ ``external_views``):
   route, so the link goes to ``/flywheel/models/champion``, which asks MLflow's REST API for the
   alias and redirects to ``#/models/<name>/versions/<n>``.
 
+Each DAG run's page gets a *Flywheel year* tab (``destination: dag_run``): that year's drift
+report next to the timeline with the year marked.
+
 The FastAPI app, mounted by the api-server at ``/flywheel`` and open to logged-in users only:
 
+- ``GET /flywheel/timeline`` (``?year=`` marks one), ``GET /flywheel/timeline.png``: the timeline;
+- ``GET /flywheel/runs/{dag_id}/{run_id}``: the page of one DAG run's year;
 - ``GET /flywheel/reports``: JSON index of the drift reports, newest year first;
 - ``GET /flywheel/reports/latest``, ``GET /flywheel/reports/{year}``: a report's HTML;
 - ``GET /flywheel/models/{alias}``: redirect to the MLflow UI page of the version behind an alias.
@@ -22,8 +30,8 @@ where ``make ui`` serves it), read when the plugin loads.
 
 Every Airflow process (scheduler, workers, dag-processor) loads plugins, so importing this module
 costs nothing beyond the standard library and the flywheel's config: FastAPI and Airflow's API
-security are imported only when the api-server asks for ``fastapi_apps``; nothing here imports
-mlflow, torch or pandas.
+security are imported only when the api-server asks for ``fastapi_apps``; mlflow and matplotlib
+only when a timeline is asked for; never torch.
 """
 
 import functools
@@ -80,6 +88,20 @@ def build_external_views(env: Mapping[str, str] | None = None) -> list[dict[str,
     model_name = Settings.from_env(env).model_name
     return [
         {
+            "name": "Timeline",
+            "href": f"{URL_PREFIX}/timeline",
+            "url_route": "flywheel-timeline",
+            "destination": "nav",
+            "category": CATEGORY,
+        },
+        {
+            # A tab on every DAG run's page; the UI fills in the run's DAG id and run id.
+            "name": "Flywheel year",
+            "href": f"{URL_PREFIX}/runs/{{DAG_ID}}/{{RUN_ID}}",
+            "url_route": "flywheel-year",
+            "destination": "dag_run",
+        },
+        {
             "name": "Latest drift report",
             "href": f"{URL_PREFIX}/reports/latest",
             "url_route": "flywheel-drift-report",
@@ -118,6 +140,35 @@ def list_reports(reports_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
+# -- the timeline ------------------------------------------------------------------------------
+def run_period(conf: Mapping[str, Any] | None, logical_date: Any) -> int | None:
+    """The year a flywheel DAG run processes, as the DAG decides it: its ``year`` param, else its
+    logical date's year; None for a run with neither (a manual run without a year)."""
+    year = (conf or {}).get("year")
+    if year:
+        return int(year)
+    return None if logical_date is None else int(logical_date.year)
+
+
+def _timeline_rows(settings: Settings) -> list[Any]:
+    """The per-year rows from the MLflow period runs (mlflow imported here, on first request)."""
+    from driftwheel import registry, report
+
+    client = registry.connect(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    return [] if experiment is None else report.period_table(client, experiment.experiment_id)
+
+
+def year_page(year: int, timeline: str, report_url: str | None) -> str:
+    """A DAG run's year: a link to its drift report (or why there is none) above the timeline."""
+    if report_url:
+        link = f'<a id="drift-report" href="{report_url}">Drift report of {year}</a>'
+    else:
+        link = f'<span id="drift-report">No drift report for {year} (report_drift did not write one)</span>'
+    nav = f'<p style="font-family: system-ui, sans-serif; margin: 1rem 2rem 0">Year {year}: {link}</p>'
+    return timeline.replace("<body>", "<body>\n" + nav, 1)
+
+
 # -- MLflow aliases -----------------------------------------------------------------------------
 def mlflow_api_url(settings: Settings, ui_url: str) -> str:
     """Where this server reaches MLflow's REST API: the tasks' tracking server if it is one
@@ -150,7 +201,7 @@ def create_app(ui_url: str | None = None) -> "FastAPI":
     from airflow.api_fastapi.core_api.security import requires_authenticated
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi import Path as PathParam
-    from fastapi.responses import FileResponse, RedirectResponse
+    from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
     ui_url = ui_url or mlflow_ui_url()
     app = FastAPI(
@@ -193,6 +244,44 @@ def create_app(ui_url: str | None = None) -> "FastAPI":
         if not path.is_file():
             raise no_report(settings, year)
         return FileResponse(path, media_type="text/html")
+
+    def timeline_page(year: int | None) -> str:
+        from driftwheel import report
+        from driftwheel.config import Schedule
+
+        rows = _timeline_rows(Settings.from_env())
+        title = Schedule.from_env().display_name
+        return report.timeline_html(rows, report.timeline_png(rows, title), title, highlight=year)
+
+    @app.get("/timeline", response_class=HTMLResponse)
+    def timeline(year: int | None = None) -> HTMLResponse:
+        return HTMLResponse(timeline_page(year))
+
+    @app.get("/timeline.png", response_class=Response)
+    def timeline_png() -> Response:
+        from driftwheel import report
+        from driftwheel.config import Schedule
+
+        rows = _timeline_rows(Settings.from_env())
+        return Response(report.timeline_png(rows, Schedule.from_env().display_name), media_type="image/png")
+
+    @app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)
+    def run_year(dag_id: str, run_id: str, request: Request) -> HTMLResponse:
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        # The api-server's own metadata session, as Airflow's endpoints read a run.
+        with create_session() as session:
+            run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+            if run is None:
+                raise HTTPException(status_code=404, detail=f"No run {run_id!r} of DAG {dag_id!r}.")
+            year = run_period(run.conf, run.logical_date)
+        if year is None:
+            raise HTTPException(status_code=404, detail=f"Run {run_id!r} has no year (no logical date, no year param).")
+        has_report = (Settings.from_env().reports_dir / f"year={year}" / REPORT_FILE).is_file()
+        report_url = request.url_for("report", year=year).path if has_report else None
+        return HTMLResponse(year_page(year, timeline_page(year), report_url))
 
     @app.get("/models/{alias}", response_class=RedirectResponse)
     def model_alias(alias: Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_-]{1,255}$")]) -> RedirectResponse:

@@ -464,19 +464,34 @@ class Settings:
 
 @dataclass(frozen=True, config=_STRICT_FIELDS)
 class Schedule:
-    """The years the yearly DAG schedules: read when the DAG file is parsed, so this section stays
-    apart from :class:`Settings` (whose column map is a file read per task)."""
+    """What the yearly DAG file reads when it is parsed: the years it schedules and the name and tags
+    it shows. This section stays apart from :class:`Settings` (whose column map is a file read per task)."""
 
     first_year: Annotated[int, Field(ge=1900, le=2100)] = 2008
     # A replay over a closed range (the demo, the tests) sets it, so that unpausing the DAG does
     # not also schedule the current year; live use leaves it unset.
     last_year: Annotated[int, Field(ge=1900, le=2100)] | None = None
+    # A data set names its flywheel in the UI; the dag_id stays spotify_flywheel so that existing
+    # runs, backfills and links keep working.
+    display_name: Annotated[str, Field(min_length=1, max_length=200)] = "Spotify popularity flywheel"
+    tags: tuple[Annotated[str, Field(min_length=1, max_length=100)], ...] = ("flywheel", "mlflow", "evidently")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Schedule:
-        """``FLYWHEEL_FIRST_YEAR`` and ``FLYWHEEL_LAST_YEAR``; :class:`SettingsError` names a bad one."""
-        variables = {"FLYWHEEL_FIRST_YEAR": "first_year", "FLYWHEEL_LAST_YEAR": "last_year"}
-        return _validated(cls, _tree(variables, os.environ if env is None else env), variables)
+        """``FLYWHEEL_FIRST_YEAR``, ``FLYWHEEL_LAST_YEAR``, ``FLYWHEEL_DAG_DISPLAY_NAME`` and
+        ``FLYWHEEL_DAG_TAGS`` (comma-separated); :class:`SettingsError` names a bad one."""
+        tree = _tree(SCHEDULE_ENVIRONMENT, os.environ if env is None else env)
+        if "tags" in tree:
+            tree["tags"] = [tag.strip() for tag in tree["tags"].split(",") if tag.strip()]
+        return _validated(cls, tree, SCHEDULE_ENVIRONMENT)
+
+
+SCHEDULE_ENVIRONMENT: dict[str, str] = {
+    "FLYWHEEL_FIRST_YEAR": "first_year",
+    "FLYWHEEL_LAST_YEAR": "last_year",
+    "FLYWHEEL_DAG_DISPLAY_NAME": "display_name",
+    "FLYWHEEL_DAG_TAGS": "tags",
+}
 
 
 # Every variable the library reads, and the field it sets. The value is validated as that field's
@@ -536,7 +551,7 @@ def _tree(variables: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Any
 def _warn_of_near_misses(env: Mapping[str, str]) -> None:
     """Log a ``FLYWHEEL_*`` variable that is no setting but nearly the name of one (a typo is ignored
     otherwise). Other unknown names are left alone: the operations tooling has its own."""
-    known = [*ENVIRONMENT, *RENAMED, "FLYWHEEL_FIRST_YEAR", "FLYWHEEL_LAST_YEAR"]
+    known = [*ENVIRONMENT, *RENAMED, *SCHEDULE_ENVIRONMENT]
     for name in env:
         if name.startswith("FLYWHEEL_") and name not in known:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.9)

@@ -18,6 +18,8 @@ from typing import Literal
 
 from mlflow.tracking import MlflowClient
 
+from driftwheel.report import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
 logger = logging.getLogger(__name__)
 
 Action = Literal["promote", "refused", "reject", "rollback"]
@@ -48,7 +50,7 @@ def _experiment_id(client: MlflowClient, name: str, create: bool) -> str | None:
     if not create:
         return None
     try:
-        return str(client.create_experiment(name))
+        return str(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
     except Exception:  # created concurrently by another writer
         existing = client.get_experiment_by_name(name)
         if existing is None:

@@ -1,16 +1,22 @@
 """What the flywheel did, period by period: one MLflow run per period, and the table built from them.
 
 The period run is found by its ``flywheel.period`` tag, so a rerun of a period logs into the same
-run instead of adding another. The per-year table of ``make demo`` is read back from these runs.
+run instead of adding another. The per-year table of ``make demo`` and the timeline
+(``python -m driftwheel report``, the plugin's ``/flywheel/timeline`` page) are read back from these runs.
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+
+from driftwheel import store
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +34,21 @@ T_DRIFT_REPORT = "flywheel.drift_report"
 OUTCOME_TAGS = (T_DECISION, T_DECISION_REASON, T_CHALLENGER, T_GATE, T_GATE_REASON, T_PROMOTED, T_CHAMPION)
 
 
+# MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment's kind tag says
+# it holds training runs (the UI's ExperimentKind.CUSTOM_MODEL_DEVELOPMENT; mlflow 3.17 has no Python
+# constant for either, tests/test_report.py checks them against the installed UI).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The id of experiment ``name``, created on first use."""
+    """The id of experiment ``name``, created on first use and tagged as one of training runs."""
     existing = client.get_experiment_by_name(name)
     if existing is not None:
+        if existing.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag existed
+            client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return existing.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def find_period_run(client: MlflowClient, experiment: str, period: int) -> str | None:
@@ -81,17 +96,39 @@ def record(
 
 @dataclass(frozen=True)
 class PeriodRow:
+    """What one period's MLflow run recorded. RMSEs are on the period's labels; ``None`` = not measured."""
+
     year: int
     rows: int | None
     drift_share: float | None
     target_drift: float | None
     target_drifted: bool | None
-    production_rmse: float | None
+    production_rmse: float | None  # the run's champion on the whole period, before retraining
+    baseline_rmse: float | None  # the previous period's mean label on the whole period
     decision: str
-    challenger_rmse: float | None
+    challenger_rmse: float | None  # on the held-out split the gate scores
+    heldout_rows: int | None
+    gate: str | None  # "passed" / "rejected" / None (no challenger was judged)
     promoted: bool
-    champion_version: str | None
+    champion_version: str | None  # the champion after the period (a promotion moves it)
     status: str
+
+    @property
+    def outcome(self) -> str:
+        """What the period did to the champion: promote, reject, skip, failed, retrain (no verdict yet) or -."""
+        if self.status == "FAILED":
+            return "failed"
+        if self.decision == "skip":
+            return "skip"
+        if self.decision == "retrain":
+            if self.promoted:
+                return "promote"
+            return "reject" if self.gate == "rejected" else "retrain"
+        return "-"
+
+
+def _metric_int(metrics: Mapping[str, float], key: str) -> int | None:
+    return int(metrics[key]) if key in metrics else None
 
 
 def period_table(client: MlflowClient, experiment: str) -> list[PeriodRow]:
@@ -102,16 +139,20 @@ def period_table(client: MlflowClient, experiment: str) -> list[PeriodRow]:
         if T_PERIOD not in tags:
             continue
         drifted = tags.get(T_TARGET_DRIFTED)
+        judged = bool(tags.get(T_CHALLENGER))  # gate metrics of an earlier attempt are stale without it
         rows.append(
             PeriodRow(
                 year=int(tags[T_PERIOD]),
-                rows=int(metrics["rows"]) if "rows" in metrics else None,
+                rows=_metric_int(metrics, "rows"),
                 drift_share=metrics.get("drift_share"),
                 target_drift=metrics.get("target_drift_score"),
                 target_drifted=None if drifted is None else drifted == "True",
                 production_rmse=metrics.get("production_rmse"),
+                baseline_rmse=metrics.get("baseline_production_rmse"),
                 decision=tags.get(T_DECISION, "-"),
-                challenger_rmse=metrics.get("challenger_rmse") if tags.get(T_CHALLENGER) else None,
+                challenger_rmse=metrics.get("challenger_rmse") if judged else None,
+                heldout_rows=_metric_int(metrics, "holdout_rows") if judged else None,
+                gate=tags.get(T_GATE) if judged else None,
                 promoted=tags.get(T_PROMOTED) == "True",
                 champion_version=tags.get(T_CHAMPION),
                 status=run.info.status,
@@ -124,32 +165,190 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def format_table(rows: list[PeriodRow]) -> str:
-    """The per-year table as Markdown (readable in a terminal and pasteable into the README)."""
-    header = [
-        "year",
-        "rows",
+def _target_drift(row: PeriodRow) -> str:
+    return "-" if row.target_drift is None else f"{row.target_drift:.2f}{' *' if row.target_drifted else ''}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the per-year table: its header, what it means (the legend) and its cell."""
+
+    header: str
+    meaning: str
+    cell: Callable[[PeriodRow], str]
+
+
+# The per-year table, in order. A new column is one entry here; the legend follows.
+COLUMNS: tuple[Column, ...] = (
+    Column("year", "the period (one DAG run, one MLflow run `period-<year>`)", lambda r: str(r.year)),
+    Column("rows", "tracks of the year that passed validation", lambda r: "-" if r.rows is None else str(r.rows)),
+    Column(
         "drift share",
+        "share of features Evidently finds drifted against the champion's training years",
+        lambda r: _num(r.drift_share),
+    ),
+    Column(
         "target drift",
+        "Evidently's drift score of the label; the test depends on the batch size (a p-value, drifted when "
+        "low, for small batches; a distance, drifted when high, for large ones): * = drifted",
+        _target_drift,
+    ),
+    Column(
         "prod RMSE",
-        "decision",
+        "the champion in production on the whole year, scored before its labels are used",
+        lambda r: _num(r.production_rmse),
+    ),
+    Column(
+        "baseline RMSE",
+        "last year's mean popularity as the prediction, on the same rows as prod RMSE",
+        lambda r: _num(r.baseline_rmse),
+    ),
+    Column("decision", "retrain or skip, by the drift policy (reason on the MLflow run)", lambda r: r.decision),
+    Column(
         "challenger RMSE",
-        "promoted",
+        "the model retrained this year, on the year's held-out split the gate judges",
+        lambda r: _num(r.challenger_rmse),
+    ),
+    Column(
+        "held-out n", "rows in that held-out split", lambda r: "-" if r.heldout_rows is None else str(r.heldout_rows)
+    ),
+    Column("promoted", "whether the challenger passed the gate and became champion", lambda r: "yes" if r.promoted else "no"),
+    Column(
         "champion",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        target = "-" if r.target_drift is None else f"{r.target_drift:.2f}{' *' if r.target_drifted else ''}"
-        cells = [
-            str(r.year),
-            "-" if r.rows is None else str(r.rows),
-            _num(r.drift_share),
-            target,
-            _num(r.production_rmse),
-            r.decision,
-            _num(r.challenger_rmse),
-            "yes" if r.promoted else "no",
-            f"v{r.champion_version}" if r.champion_version else "-",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        "the registered model version in production after the year",
+        lambda r: f"v{r.champion_version}" if r.champion_version else "-",
+    ),
+)
+
+
+def format_table(rows: list[PeriodRow], columns: tuple[Column, ...] = COLUMNS) -> str:
+    """The per-year table as Markdown (readable in a terminal and pasteable into the README)."""
+    lines = ["| " + " | ".join(c.header for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(c.cell(r) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def format_legend(columns: tuple[Column, ...] = COLUMNS) -> str:
+    """What each column of :func:`format_table` is, one line per column."""
+    return "\n".join(f"- {c.header}: {c.meaning}" for c in columns)
+
+
+# -- the timeline ------------------------------------------------------------------------------------
+# Matplotlib, not plotly: it is installed already (MLflow depends on it), and a static PNG needs no
+# JavaScript bundle or CDN, so the same picture works in the README, in an offline HTML file and
+# inside the Airflow UI's iframe.
+OUTCOME_STYLE: dict[str, tuple[str, str]] = {  # outcome -> (matplotlib marker, colour)
+    "promote": ("^", "#2ca02c"),
+    "reject": ("X", "#d62728"),
+    "retrain": ("o", "#ff7f0e"),
+    "skip": ("o", "#b0b0b0"),
+    "failed": ("s", "#000000"),
+}
+
+
+def timeline_png(rows: list[PeriodRow], title: str = "driftwheel") -> bytes:
+    """The timeline as a PNG: errors and outcome markers above, drift below, one x tick per period."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # A Figure with its own canvas, not pyplot: no process-global figure state, no GUI backend.
+    fig = Figure(figsize=(10, 6.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    errors, drifts = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
+    years = [r.year for r in rows]
+
+    def series(values: list[float | None]) -> list[float]:
+        return [float("nan") if v is None else v for v in values]
+
+    errors.plot(years, series([r.production_rmse for r in rows]), "-o", color="#1f77b4", label="champion in production")
+    errors.plot(years, series([r.baseline_rmse for r in rows]), "--", color="#7f7f7f", label="baseline (last year's mean)")
+    for outcome, (marker, colour) in OUTCOME_STYLE.items():
+        picked = [r for r in rows if r.outcome == outcome and r.challenger_rmse is not None]
+        if picked:
+            errors.scatter(
+                [r.year for r in picked],
+                [r.challenger_rmse for r in picked],
+                marker=marker,
+                s=80,
+                color=colour,
+                zorder=3,
+                label=f"challenger (held-out): {outcome}",
+            )
+    top = errors.get_ylim()[1]
+    for r in rows:  # the outcome and the champion after the period, written over each year
+        label = r.outcome if not r.champion_version else f"{r.outcome}\nv{r.champion_version}"
+        errors.annotate(
+            label,
+            (r.year, top),
+            xytext=(0, -4),
+            textcoords="offset points",
+            ha="center",
+            va="top",
+            fontsize=7,
+            color=OUTCOME_STYLE.get(r.outcome, ("", "#444444"))[1],
+        )
+    errors.set_ylim(top=top + (top - errors.get_ylim()[0]) * 0.18)
+    errors.set_ylabel("RMSE (popularity points)")
+    errors.set_title(f"{title}: is the champion keeping up?")
+    errors.legend(loc="lower left", fontsize=8, ncols=2)
+    errors.grid(alpha=0.3)
+
+    drifts.bar(years, series([r.drift_share for r in rows]), color="#9467bd", alpha=0.6, label="drift share (features)")
+    drifts.plot(years, series([r.target_drift for r in rows]), "-s", color="#8c564b", markersize=4, label="target drift score")
+    drifts.set_ylabel("drift")
+    drifts.set_xticks(years, [str(y) for y in years], rotation=45 if len(years) > 14 else 0)
+    drifts.legend(loc="upper left", fontsize=8)
+    drifts.grid(alpha=0.3)
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def timeline_html(rows: list[PeriodRow], png: bytes, title: str = "driftwheel", highlight: int | None = None) -> str:
+    """A self-contained page: the PNG inline, the per-year table (``highlight``'s row marked), the legend."""
+    esc = html.escape
+    head = "".join(f"<th>{esc(c.header)}</th>" for c in COLUMNS) + "<th>outcome</th>"
+    body = []
+    for r in rows:
+        marked = ' class="highlight"' if r.year == highlight else ""
+        cells = "".join(f"<td>{esc(c.cell(r))}</td>" for c in COLUMNS)
+        body.append(f'<tr id="year-{r.year}"{marked}>{cells}<td class="outcome {r.outcome}">{esc(r.outcome)}</td></tr>')
+    legend = "".join(f"<dt>{esc(c.header)}</dt><dd>{esc(c.meaning)}</dd>" for c in COLUMNS)
+    legend += (
+        "<dt>outcome</dt><dd>promote: the challenger became champion; reject: the gate refused it; "
+        "skip: no retraining; failed: the year's run failed</dd>"
+    )
+    image = base64.b64encode(png).decode("ascii")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}: timeline</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1rem 2rem; color: #222; }}
+img {{ max-width: 100%; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; }}
+th, td {{ border: 1px solid #ddd; padding: 0.2rem 0.5rem; text-align: right; }}
+tr.highlight {{ background: #fff3c4; }}
+.promote {{ color: #2ca02c; }} .reject {{ color: #d62728; }} .failed {{ font-weight: bold; }}
+dl {{ font-size: 0.8rem; display: grid; grid-template-columns: max-content auto; gap: 0.1rem 1rem; }}
+dt {{ font-weight: bold; }} dd {{ margin: 0; }}
+</style></head>
+<body>
+<h1>{esc(title)}: the flywheel over time</h1>
+<img id="timeline" alt="timeline of {esc(title)}: production, baseline and challenger RMSE per year, with drift" src="data:image/png;base64,{image}">
+<table id="periods"><thead><tr>{head}</tr></thead><tbody>
+{chr(10).join(body)}
+</tbody></table>
+<dl id="legend">{legend}</dl>
+</body></html>
+"""
+
+
+def write_timeline(rows: list[PeriodRow], reports_dir: Path, title: str = "driftwheel") -> tuple[Path, Path]:
+    """Write ``timeline.html`` and ``timeline.png`` into ``reports_dir`` atomically; returns both paths."""
+    png = timeline_png(rows, title)
+    html_path, png_path = reports_dir / "timeline.html", reports_dir / "timeline.png"
+    store.write_atomic(png_path, lambda tmp: tmp.write_bytes(png))
+    store.write_text(html_path, timeline_html(rows, png, title))
+    return html_path, png_path

@@ -235,6 +235,15 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
             float(champion.tags[registry.T_HOLDOUT_RMSE]) if registry.T_HOLDOUT_RMSE in champion.tags else None
         )
 
+    # The baseline on the same rows as the champion, so the table and the timeline show at a glance
+    # whether production beats "last year's mean" (the gate's baseline, scored on the whole year).
+    previous_mean = evaluate.previous_level(settings.curated_dir, period, spec.target)
+    baseline_rmse = (
+        None
+        if previous_mean is None
+        else evaluate.rmse(current[spec.target], np.full(len(current), previous_mean))
+    )
+
     summary = DriftSummary(
         period=period,
         rows=len(current),
@@ -255,6 +264,7 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
             "drifted_columns": summary.drifted_columns,
             "target_drift_score": summary.target_drift_score,
             "production_rmse": production_rmse,
+            "baseline_production_rmse": baseline_rmse,
         },
         tags={
             report.T_TARGET_DRIFTED: summary.target_drifted,

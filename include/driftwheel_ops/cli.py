@@ -4,7 +4,8 @@
   scheduler and dag-processor), backfill the yearly DAG over 2008–2020 (``--start``/``--end``; with
   the file source, the years its files hold), print the per-year table.
 * ``ui``: serve the Airflow UI and the MLflow UI on the same state until interrupted.
-* ``table``: print the per-year table of what has run so far.
+* ``table``: print the per-year table of what has run so far, with a legend of its columns.
+* ``report``: write the timeline (``<state>/reports/timeline.html`` and ``.png``) from the MLflow runs.
 * ``replay``: run the same steps over a range of years in this process, without Airflow, and print
   the same table (:mod:`driftwheel_ops.replay_command`).
 
@@ -25,9 +26,10 @@ import shlex
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 from driftwheel.config import REPO_ROOT, DataError, Schedule, Settings
 from driftwheel.sources.file import LandingError
@@ -40,6 +42,9 @@ from driftwheel_ops.local_stack import (
     StackConfig,
     StackError,
 )
+
+if TYPE_CHECKING:
+    from driftwheel.report import PeriodRow
 
 logger = logging.getLogger("driftwheel")
 
@@ -58,6 +63,8 @@ def _stack_config(
     return StackConfig(
         state_dir=settings.state_dir,
         dags_folder=REPO_ROOT / "dags",
+        # The project's plugin (the Flywheel menu, the timeline page) in `make ui` and `make demo` too.
+        plugins_folder=REPO_ROOT / "plugins",
         python_path=(REPO_ROOT / "include",),
         airflow_db_uri=os.environ.get("FLYWHEEL_AIRFLOW_DB_URI") or None,
         mlflow_db_uri=os.environ.get("FLYWHEEL_MLFLOW_DB_URI") or None,
@@ -66,15 +73,27 @@ def _stack_config(
     )
 
 
-def _print_table(settings: Settings, tracking_uri: str) -> None:
+def _period_rows(settings: Settings, tracking_uri: str) -> list[PeriodRow] | None:
+    """The per-year rows recorded in MLflow; None when no period has run yet."""
     from driftwheel import registry, report
 
     client = registry.connect(tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment_name)
     if experiment is None:
+        return None
+    return report.period_table(client, experiment.experiment_id)
+
+
+def _print_table(settings: Settings, tracking_uri: str) -> None:
+    from driftwheel import report
+
+    rows = _period_rows(settings, tracking_uri)
+    if rows is None:
         print("no periods have run yet")
         return
-    print(report.format_table(report.period_table(client, experiment.experiment_id)))
+    print(report.format_table(rows))
+    print()
+    print(report.format_legend())
 
 
 def _rerun_command(args: argparse.Namespace) -> str:
@@ -208,11 +227,13 @@ def demo(args: argparse.Namespace) -> int:
             f"{(backfill_seconds - in_tasks) / len(durations):.1f} s of scheduling per task on top"
         )
     print(f"drift reports: {settings.reports_dir}/year=<YYYY>/drift_report.html (also attached to each MLflow run)")
+    print("the timeline: python -m driftwheel report  (or the Flywheel menu of the Airflow UI)")
     if args.api_port == DEFAULT_API_PORT:
         print(f"look around: make ui  (Airflow on :{DEFAULT_API_PORT}, MLflow on :{DEFAULT_MLFLOW_PORT})")
     else:
+        # The port this demo used, not the default: `ui` serves Airflow where it is asked to.
         print(f"look around: python -m driftwheel --api-port {args.api_port} ui  "
-              f"(Airflow on :{args.api_port}, MLflow on :{DEFAULT_MLFLOW_PORT})")  # fmt: skip
+              f"(Airflow on :{args.api_port}, MLflow on :{DEFAULT_MLFLOW_PORT}; --mlflow-port moves it)")  # fmt: skip
     if not runs:
         print("every year in the range had already run; `make clean` forgets them")
     return 0
@@ -220,7 +241,9 @@ def demo(args: argparse.Namespace) -> int:
 
 def ui(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    with LocalStack(_stack_config(settings, args.api_port, last_year=args.end)) as stack:
+    # The plugin's MLflow links point where this command serves MLflow, not at the default port.
+    mlflow_ui = {"FLYWHEEL_MLFLOW_UI_URL": f"http://127.0.0.1:{args.mlflow_port}"}
+    with LocalStack(_stack_config(settings, args.api_port, last_year=args.end, overrides=mlflow_ui)) as stack:
         try:
             # Left paused as the demo left it: looking around must not start new runs.
             stack.wait_for_dag(DAG_ID, unpause=False)
@@ -232,6 +255,7 @@ def ui(args: argparse.Namespace) -> int:
                 # Never served without a login; Airflow's UI alone is still worth having.
                 mlflow_refused = str(e)
             print(f"Airflow UI: {stack.api_url}   (DAG: {stack.api_url}/dags/{DAG_ID})")
+            print(f"Timeline:   {stack.api_url}/flywheel/timeline   (also in the Flywheel menu and on each year's run)")
             _print_login(stack)
             if mlflow_login is not None:
                 user, password = mlflow_login
@@ -252,15 +276,42 @@ def ui(args: argparse.Namespace) -> int:
             return 1
 
 
-def table(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
+def _with_tracking_uri(settings: Settings, api_port: int, use: Callable[[str], int]) -> int:
+    """``use(tracking_uri)``: FLYWHEEL_MLFLOW_TRACKING_URI if set, else the embedded stack's database."""
     uri = os.environ.get("FLYWHEEL_MLFLOW_TRACKING_URI")
     if uri:
+        return use(uri)
+    with LocalStack(_stack_config(settings, api_port)) as stack:
+        return use(stack.mlflow_db_uri)
+
+
+def table(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+
+    def show(uri: str) -> int:
         _print_table(settings, uri)
         return 0
-    with LocalStack(_stack_config(settings, args.api_port)) as stack:
-        _print_table(settings, stack.mlflow_db_uri)
-    return 0
+
+    return _with_tracking_uri(settings, args.api_port, show)
+
+
+def timeline(args: argparse.Namespace) -> int:
+    from driftwheel import report
+
+    settings = Settings.from_env()
+
+    def write(uri: str) -> int:
+        rows = _period_rows(settings, uri)
+        if not rows:
+            print(f"no periods have run yet in experiment {settings.experiment_name!r}: run `make demo` first")
+            return 1
+        html_path, png_path = report.write_timeline(rows, settings.reports_dir, Schedule.from_env().display_name)
+        print(f"timeline of {len(rows)} periods ({rows[0].year}-{rows[-1].year}):")
+        print(f"  {html_path}")
+        print(f"  {png_path}")
+        return 0
+
+    return _with_tracking_uri(settings, args.api_port, write)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     run_ui.add_argument("--end", type=int, default=2020, help="last year the DAG schedules (as in the demo)")
     run_ui.set_defaults(func=ui)
     commands.add_parser("table", help="print the per-year table").set_defaults(func=table)
+    commands.add_parser(
+        "report", help="write the timeline (state/reports/timeline.html and .png) from the MLflow runs"
+    ).set_defaults(func=timeline)
     replay_command.add_command(commands)
     champion_commands.add_commands(commands)
     args = parser.parse_args(argv)

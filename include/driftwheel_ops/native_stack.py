@@ -388,6 +388,10 @@ class NativeStack(LocalStack):
                 "MLFLOW_TRACKING_USERNAME": user,
                 "MLFLOW_TRACKING_PASSWORD": password,
             }
+        elif name == "api-server":
+            # The plugin's timeline page reads the period runs; MLflow answers no anonymous request.
+            user, password = self.mlflow_credentials()
+            env = {**self.env, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
         super()._spawn(name, argv, env)
 
     def _healthy(self, health: Mapping[str, Any]) -> bool:

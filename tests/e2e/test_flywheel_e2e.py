@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ import pandas as pd
 import pytest
 
 import badfiles
+from browser import browser_executable
 from tracks import make_tracks
 from driftwheel import registry, report
 from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
@@ -63,6 +67,7 @@ def flywheel(fresh_database: Callable[[str], str]) -> Iterator[Flywheel]:
     config = StackConfig(
         state_dir=state_dir,
         dags_folder=REPO / "dags",
+        plugins_folder=REPO / "plugins",  # the Flywheel menu and the timeline, as `make ui` serves them
         python_path=(REPO / "include",),
         airflow_db_uri=fresh_database("flywheel_e2e_airflow"),
         mlflow_db_uri=fresh_database("flywheel_e2e_mlflow"),
@@ -116,6 +121,68 @@ def test_rerunning_a_year_adds_no_model_version(flywheel: Flywheel) -> None:
     assert flywheel.versions() == before
     assert str(registry.champion(flywheel.client, MODEL).version) == champion_before
     assert [r.year for r in flywheel.table()] == list(range(2008, 2021))  # still one run per period
+
+
+def test_python_m_driftwheel_report_draws_the_timeline_of_the_backfill(flywheel: Flywheel) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "include"),
+        "FLYWHEEL_STATE_DIR": str(flywheel.state_dir),
+        "FLYWHEEL_MLFLOW_TRACKING_URI": flywheel.stack.mlflow_db_uri,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "driftwheel", "report"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("timeline of 13 periods (2008-2020):")
+    page = (flywheel.state_dir / "reports" / "timeline.html").read_text()
+    assert all(f'<tr id="year-{year}">' in page for year in range(2008, 2021))
+    assert (flywheel.state_dir / "reports" / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_timeline_page_in_a_browser_shows_every_year_and_its_markers(flywheel: Flywheel) -> None:
+    """Headless Chromium on the real api-server's plugin pages, logged in as the Airflow UI is (its cookie)."""
+    from playwright.sync_api import sync_playwright
+
+    stack = flywheel.stack
+    plugins = stack.api("GET", "/api/v2/plugins")["plugins"]
+    views = {v["name"]: v for p in plugins if p["name"] == "flywheel_links" for v in p["external_views"]}
+    assert views["Timeline"]["href"] == "/flywheel/timeline"
+    assert views["Flywheel year"]["destination"] == "dag_run"  # the tab on each year's run page
+    token = stack.api_token(*stack.admin_credentials())
+    rows = {r.year: r for r in flywheel.table()}
+    last = max(flywheel.runs, key=lambda r: r.logical_date)
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=browser_executable(), args=["--no-sandbox"])
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1200})
+            context.add_cookies([{"name": "_token", "value": token, "url": stack.api_url}])
+            page = context.new_page()
+            assert page.goto(f"{stack.api_url}/flywheel/timeline").status == 200
+            assert page.locator("h1").inner_text() == "Spotify popularity flywheel: the flywheel over time"
+            assert page.locator("#timeline").evaluate("img => img.complete && img.naturalWidth") > 500
+            seen = {
+                int(year): outcome
+                for year, outcome in zip(
+                    page.locator("#periods tbody tr td:first-child").all_inner_texts(),
+                    page.locator("#periods td.outcome").all_inner_texts(),
+                    strict=True,
+                )
+            }
+            assert seen == {year: row.outcome for year, row in rows.items()}
+            assert sorted(seen) == list(range(2008, 2021))
+            assert {"promote", "skip"} <= set(seen.values())
+            page.screenshot(path=str(flywheel.state_dir / "timeline-page.png"), full_page=True)
+
+            # The tab of the last year's run page: that year's drift report next to the timeline.
+            assert page.goto(f"{stack.api_url}/flywheel/runs/{DAG_ID}/{last.run_id}").status == 200
+            assert page.locator("tr.highlight td:first-child").inner_text() == "2020"
+            page.locator("#drift-report").click()
+            page.wait_for_url(f"{stack.api_url}/flywheel/reports/2020")
+            assert "Evidently" in page.content() or "Drift" in page.content()
+        finally:
+            browser.close()
 
 
 def test_a_bad_batch_fails_the_run_and_leaves_the_champion(flywheel: Flywheel) -> None:
