@@ -71,6 +71,14 @@ def test_the_dag_schedule_reads_its_year_bounds_here() -> None:
     assert Schedule.from_env({"FLYWHEEL_FIRST_YEAR": "2013", "FLYWHEEL_LAST_YEAR": "2016"}) == Schedule(2013, 2016)
 
 
+def test_a_data_set_names_its_flywheel_in_the_ui() -> None:
+    named = Schedule.from_env({"FLYWHEEL_DAG_DISPLAY_NAME": "Top songs", "FLYWHEEL_DAG_TAGS": "kaggle, top songs,"})
+    assert (named.display_name, named.tags) == ("Top songs", ("kaggle", "top songs"))
+    assert Schedule.from_env({}).display_name == "Spotify popularity flywheel"
+    with pytest.raises(SettingsError, match="FLYWHEEL_DAG_TAGS"):
+        Schedule.from_env({"FLYWHEEL_DAG_TAGS": "x" * 101})
+
+
 def test_each_knob_is_in_the_fingerprint_of_exactly_the_trainings_it_changes() -> None:
     base = TrainingConfig()
     more_study_epochs = dataclasses.replace(base, study_net=StudyNetConfig(epochs=31, fine_tune_epochs=31))

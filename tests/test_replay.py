@@ -31,6 +31,9 @@ def test_replay_returns_the_table_rows_and_reports_each_period(settings: Setting
     assert cold_start.retrain_seconds is not None and cold_start.drift["champion_version"] is None
     # 2012 is scored by the champion 2011 left, before anything is trained on it.
     assert outcomes[2].drift["champion_version"] == "1" and outcomes[2].drift["production_rmse"] > 0
+    # The table's baseline (last year's mean on the whole year) and the gate's held-out size.
+    assert rows[0].baseline_rmse is None and rows[2].baseline_rmse is not None and rows[2].baseline_rmse > 0
+    assert rows[1].heldout_rows == cold_start.gate["holdout_rows"] > 0
 
 
 def test_a_failed_period_stops_the_replay_and_ends_its_mlflow_run_as_failed(settings: Settings) -> None:

@@ -22,28 +22,66 @@ REPO = Path(__file__).resolve().parents[1]
 PERIODS: dict[int, tuple[dict[str, float], dict[str, object], str]] = {
     2010: (
         {"rows": 500, "challenger_rmse": 9.0, "baseline_rmse": 12.0, "holdout_rows": 100},
-        {report.T_DECISION: "retrain", report.T_CHALLENGER: "1", report.T_GATE: "passed",
-         report.T_PROMOTED: True, report.T_CHAMPION: "1"},
+        {
+            report.T_DECISION: "retrain",
+            report.T_CHALLENGER: "1",
+            report.T_GATE: "passed",
+            report.T_PROMOTED: True,
+            report.T_CHAMPION: "1",
+        },
         "FINISHED",
     ),  # fmt: skip
     2011: (
-        {"rows": 510, "drift_share": 0.1, "target_drift_score": 0.02, "production_rmse": 9.5,
-         "baseline_production_rmse": 12.5},
+        {
+            "rows": 510,
+            "drift_share": 0.1,
+            "target_drift_score": 0.02,
+            "production_rmse": 9.5,
+            "baseline_production_rmse": 12.5,
+        },
         {report.T_DECISION: "skip", report.T_TARGET_DRIFTED: False, report.T_PROMOTED: False, report.T_CHAMPION: "1"},
         "FINISHED",
     ),  # fmt: skip
     2012: (
-        {"rows": 520, "drift_share": 0.5, "target_drift_score": 0.3, "production_rmse": 11.0,
-         "baseline_production_rmse": 12.0, "challenger_rmse": 11.5, "baseline_rmse": 12.1, "holdout_rows": 104},
-        {report.T_DECISION: "retrain", report.T_TARGET_DRIFTED: True, report.T_CHALLENGER: "2",
-         report.T_GATE: "rejected", report.T_PROMOTED: False, report.T_CHAMPION: "1"},
+        {
+            "rows": 520,
+            "drift_share": 0.5,
+            "target_drift_score": 0.3,
+            "production_rmse": 11.0,
+            "baseline_production_rmse": 12.0,
+            "challenger_rmse": 11.5,
+            "baseline_rmse": 12.1,
+            "holdout_rows": 104,
+        },
+        {
+            report.T_DECISION: "retrain",
+            report.T_TARGET_DRIFTED: True,
+            report.T_CHALLENGER: "2",
+            report.T_GATE: "rejected",
+            report.T_PROMOTED: False,
+            report.T_CHAMPION: "1",
+        },
         "FINISHED",
     ),  # fmt: skip
     2013: (
-        {"rows": 530, "drift_share": 0.6, "target_drift_score": 0.4, "production_rmse": 13.0,
-         "baseline_production_rmse": 12.2, "challenger_rmse": 10.0, "baseline_rmse": 12.0, "holdout_rows": 106},
-        {report.T_DECISION: "retrain", report.T_TARGET_DRIFTED: True, report.T_CHALLENGER: "3",
-         report.T_GATE: "passed", report.T_PROMOTED: True, report.T_CHAMPION: "3"},
+        {
+            "rows": 530,
+            "drift_share": 0.6,
+            "target_drift_score": 0.4,
+            "production_rmse": 13.0,
+            "baseline_production_rmse": 12.2,
+            "challenger_rmse": 10.0,
+            "baseline_rmse": 12.0,
+            "holdout_rows": 106,
+        },
+        {
+            report.T_DECISION: "retrain",
+            report.T_TARGET_DRIFTED: True,
+            report.T_CHALLENGER: "3",
+            report.T_GATE: "passed",
+            report.T_PROMOTED: True,
+            report.T_CHAMPION: "3",
+        },
         "FINISHED",
     ),  # fmt: skip
     2014: ({}, {}, "FAILED"),
@@ -57,12 +95,13 @@ def _record_periods(client: MlflowClient, experiment: str) -> None:
         client.set_terminated(run_id, status)
 
 
-@pytest.fixture
-def tracking_uri(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # One store for the module: creating an MLflow SQLite schema takes seconds.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def rows(tracking_uri: str) -> list[report.PeriodRow]:
     client = registry.connect(tracking_uri)
     experiment = report.experiment_id(client, "driftwheel", None)
@@ -146,8 +185,16 @@ def test_python_m_driftwheel_report_writes_the_timeline(
     assert (reports / "timeline.png").stat().st_size > 10_000
 
 
-def test_report_without_runs_says_what_to_do(tmp_path: Path, tracking_uri: str) -> None:
-    done = _cli(tmp_path, tracking_uri, "report")
-    assert done.returncode == 1
-    assert "no periods have run yet" in done.stdout and "make demo" in done.stdout
+def test_report_without_runs_says_what_to_do(
+    tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from driftwheel_ops import cli
+
+    monkeypatch.setenv("FLYWHEEL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("FLYWHEEL_MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setenv("FLYWHEEL_EXPERIMENT", "nothing-ran-here")
+
+    assert cli.main(["report"]) == 1
+    out = capsys.readouterr().out
+    assert "no periods have run yet in experiment 'nothing-ran-here'" in out and "make demo" in out
     assert not (tmp_path / "state" / "reports" / "timeline.html").exists()

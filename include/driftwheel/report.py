@@ -48,7 +48,9 @@ def experiment_id(client: MlflowClient, name: str, artifact_location: str | None
         if existing.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before the tag existed
             client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return existing.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    return client.create_experiment(
+        name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    )
 
 
 def find_period_run(client: MlflowClient, experiment: str, period: int) -> str | None:
@@ -212,7 +214,11 @@ COLUMNS: tuple[Column, ...] = (
     Column(
         "held-out n", "rows in that held-out split", lambda r: "-" if r.heldout_rows is None else str(r.heldout_rows)
     ),
-    Column("promoted", "whether the challenger passed the gate and became champion", lambda r: "yes" if r.promoted else "no"),
+    Column(
+        "promoted",
+        "whether the challenger passed the gate and became champion",
+        lambda r: "yes" if r.promoted else "no",
+    ),
     Column(
         "champion",
         "the registered model version in production after the year",
@@ -254,7 +260,7 @@ def timeline_png(rows: list[PeriodRow], title: str = "driftwheel") -> bytes:
     from matplotlib.figure import Figure
 
     # A Figure with its own canvas, not pyplot: no process-global figure state, no GUI backend.
-    fig = Figure(figsize=(10, 6.2), dpi=100, layout="constrained")
+    fig = Figure(figsize=(12, 6.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     errors, drifts = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     years = [r.year for r in rows]
@@ -263,7 +269,9 @@ def timeline_png(rows: list[PeriodRow], title: str = "driftwheel") -> bytes:
         return [float("nan") if v is None else v for v in values]
 
     errors.plot(years, series([r.production_rmse for r in rows]), "-o", color="#1f77b4", label="champion in production")
-    errors.plot(years, series([r.baseline_rmse for r in rows]), "--", color="#7f7f7f", label="baseline (last year's mean)")
+    errors.plot(
+        years, series([r.baseline_rmse for r in rows]), "--", color="#7f7f7f", label="baseline (last year's mean)"
+    )
     for outcome, (marker, colour) in OUTCOME_STYLE.items():
         picked = [r for r in rows if r.outcome == outcome and r.challenger_rmse is not None]
         if picked:
@@ -276,30 +284,33 @@ def timeline_png(rows: list[PeriodRow], title: str = "driftwheel") -> bytes:
                 zorder=3,
                 label=f"challenger (held-out): {outcome}",
             )
-    top = errors.get_ylim()[1]
+    low, high = errors.get_ylim()
+    errors.set_ylim(low, high + (high - low) * 0.2)  # room for the outcome labels above the lines
     for r in rows:  # the outcome and the champion after the period, written over each year
         label = r.outcome if not r.champion_version else f"{r.outcome}\nv{r.champion_version}"
         errors.annotate(
             label,
-            (r.year, top),
+            (r.year, 1.0),
+            xycoords=("data", "axes fraction"),
             xytext=(0, -4),
             textcoords="offset points",
             ha="center",
             va="top",
-            fontsize=7,
+            fontsize=8,
             color=OUTCOME_STYLE.get(r.outcome, ("", "#444444"))[1],
         )
-    errors.set_ylim(top=top + (top - errors.get_ylim()[0]) * 0.18)
     errors.set_ylabel("RMSE (popularity points)")
     errors.set_title(f"{title}: is the champion keeping up?")
-    errors.legend(loc="lower left", fontsize=8, ncols=2)
+    errors.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     errors.grid(alpha=0.3)
 
     drifts.bar(years, series([r.drift_share for r in rows]), color="#9467bd", alpha=0.6, label="drift share (features)")
-    drifts.plot(years, series([r.target_drift for r in rows]), "-s", color="#8c564b", markersize=4, label="target drift score")
+    drifts.plot(
+        years, series([r.target_drift for r in rows]), "-s", color="#8c564b", markersize=4, label="target drift score"
+    )
     drifts.set_ylabel("drift")
     drifts.set_xticks(years, [str(y) for y in years], rotation=45 if len(years) > 14 else 0)
-    drifts.legend(loc="upper left", fontsize=8)
+    drifts.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     drifts.grid(alpha=0.3)
 
     buffer = io.BytesIO()

@@ -239,9 +239,7 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
     # whether production beats "last year's mean" (the gate's baseline, scored on the whole year).
     previous_mean = evaluate.previous_level(settings.curated_dir, period, spec.target)
     baseline_rmse = (
-        None
-        if previous_mean is None
-        else evaluate.rmse(current[spec.target], np.full(len(current), previous_mean))
+        None if previous_mean is None else evaluate.rmse(current[spec.target], np.full(len(current), previous_mean))
     )
 
     summary = DriftSummary(

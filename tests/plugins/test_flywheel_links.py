@@ -105,7 +105,8 @@ def test_external_views_link_the_model_its_champion_and_the_latest_report(plugin
     views = {view["name"]: view for view in plugin.build_external_views(env)}
     for view in views.values():
         ExternalViewResponse.model_validate(view)  # the schema the Airflow UI reads them with
-        assert view["destination"] == "nav" and view["category"] == "Flywheel"
+        if view["name"] != "Flywheel year":  # a tab of each run's page, not a menu entry
+            assert view["destination"] == "nav" and view["category"] == "Flywheel"
 
     report = views["Latest drift report"]
     assert report["href"] == "/flywheel/reports/latest"
@@ -117,6 +118,58 @@ def test_external_views_link_the_model_its_champion_and_the_latest_report(plugin
     assert champion["href"] == "/flywheel/models/champion"
     # MLflow refuses to be framed by another origin: its links open in a new tab.
     assert "url_route" not in model and "url_route" not in champion
+
+
+def test_the_timeline_is_in_the_menu_and_on_every_run_page(plugin: ModuleType) -> None:
+    from airflow.api_fastapi.core_api.datamodels.plugins import ExternalViewResponse
+
+    views = {view["name"]: view for view in plugin.build_external_views({})}
+    timeline, year = views["Timeline"], views["Flywheel year"]
+    assert (timeline["href"], timeline["destination"]) == ("/flywheel/timeline", "nav")
+    # The Airflow UI fills in {DAG_ID} and {RUN_ID} of the run whose page shows the tab.
+    assert (year["href"], year["destination"]) == ("/flywheel/runs/{DAG_ID}/{RUN_ID}", "dag_run")
+    for view in (timeline, year):
+        ExternalViewResponse.model_validate(view)
+        assert "url_route" in view  # embedded in the Airflow UI, not a new tab
+
+
+def test_a_runs_year_is_its_year_param_else_its_logical_dates(plugin: ModuleType) -> None:
+    from datetime import datetime
+
+    assert plugin.run_period({"year": 2012}, datetime(2020, 1, 1)) == 2012
+    assert plugin.run_period({"year": None}, datetime(2019, 1, 1)) == 2019
+    assert plugin.run_period(None, None) is None
+
+
+def test_the_timeline_page_reads_the_mlflow_runs(
+    plugin: ModuleType, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driftwheel import registry, report
+
+    uri = f"sqlite:///{state.parent / 'mlflow.db'}"
+    monkeypatch.setenv("FLYWHEEL_MLFLOW_TRACKING_URI", uri)
+    client = registry.connect(uri)
+    experiment = report.experiment_id(client, "driftwheel", None)
+    for year, decision in ((2019, "skip"), (2020, "retrain")):
+        run_id = report.period_run(client, experiment, year)
+        report.record(client, run_id, metrics={"rows": 100}, tags={report.T_DECISION: decision})
+    http = _client(plugin)
+
+    page = http.get("/flywheel/timeline", params={"year": 2020})
+    png = http.get("/flywheel/timeline.png")
+
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<tr id="year-2019"><td>2019</td>' in page.text
+    assert '<tr id="year-2020" class="highlight">' in page.text
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+
+
+def test_a_year_page_links_the_years_drift_report(plugin: ModuleType) -> None:
+    timeline = "<html><body><h1>t</h1></body></html>"
+    page = plugin.year_page(2019, timeline, "/flywheel/reports/2019")
+    assert '<a id="drift-report" href="/flywheel/reports/2019">Drift report of 2019</a>' in page
+    assert page.index("drift-report") < page.index("<h1>")
+    assert "No drift report for 2018" in plugin.year_page(2018, timeline, None)
 
 
 def test_mlflow_ui_defaults_to_where_make_ui_serves_it(plugin: ModuleType) -> None:
@@ -337,6 +390,8 @@ def test_in_airflows_api_server(tmp_path: Path) -> None:
     assert plugin_info is not None, "Airflow did not load plugins/flywheel_links.py"
     assert [app["url_prefix"] for app in plugin_info["fastapi_apps"]] == ["/flywheel"]
     assert {view["name"] for view in plugin_info["external_views"]} == {
+        "Timeline",
+        "Flywheel year",
         "Latest drift report",
         "spotify_popularity in MLflow",
         "Champion in MLflow",
