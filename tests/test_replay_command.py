@@ -42,12 +42,15 @@ def test_replay_on_the_synthetic_source_prints_the_demos_table_from_its_own_stat
     assert "  2009: 300 rows, retrain, challenger RMSE" in replayed.stdout
     rows = _table(replayed.stdout)
     assert [r[0] for r in rows] == ["| 2008", "| 2009", "| 2010"]
-    assert rows[1][5:] == ["retrain", rows[1][6], "yes", "v1 |"]  # 2009: the cold start is promoted
+    assert rows[1][6:] == ["retrain", rows[1][7], rows[1][8], "yes", "v1 |"]  # 2009: the cold start is promoted
+    assert int(rows[1][8]) > 0 and rows[2][5] != "-"  # held-out n of the gate; 2010's baseline RMSE
+    assert "- held-out n: rows in that held-out split" in replayed.stdout  # the legend under the table
 
     # The same table as `python -m driftwheel table` (the demo's formatter) reads from the replay's store.
     table = _driftwheel("table", env={**env, "FLYWHEEL_MLFLOW_TRACKING_URI": f"sqlite:///{replay_state / 'mlflow.db'}"})
     assert table.returncode == 0, table.stderr
     assert _table(table.stdout) == rows
+    assert "- baseline RMSE: last year's mean popularity as the prediction" in table.stdout
 
 
 def test_replay_on_a_csv_file_takes_its_years_from_the_file_and_never_writes_it(tmp_path: Path) -> None:

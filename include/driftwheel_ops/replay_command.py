@@ -160,6 +160,8 @@ def run_replay(args: argparse.Namespace) -> int:
     print()
     print(report.format_table(finished))
     print()
+    print(report.format_legend())
+    print()
     print(f"{len(finished)} years in {time.perf_counter() - started:.0f} s")
     print(f"drift reports: {settings.reports_dir}/year=<YYYY>/drift_report.html")
     print(f"MLflow store: {settings.tracking_uri} (experiment {settings.experiment_name}); "
