@@ -49,7 +49,7 @@ def write_awkward(folder: Path, frame: pd.DataFrame, shapes: tuple[str, ...], na
     renames: dict[str, str] = {}
     scale: dict[str, Any] = {}
     if "0-100" in shapes:
-        for feature in UNIT_FEATURES:
+        for feature in (f for f in UNIT_FEATURES if f in out.columns):
             out[feature] = (out[feature] * 100).round().astype(int)
             scale[feature] = {"from": [0, 100], "to": [0, 1]}
     if "seconds" in shapes:

@@ -27,7 +27,16 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -597,14 +606,16 @@ class ForbiddenLandingDir(DataError):
     """A run's ``landing_dir`` points outside the allowed landing roots."""
 
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Bounds = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]
-
-
-def _ordered(bounds: list[float] | None) -> list[float] | None:
-    if bounds is not None and not bounds[0] < bounds[1]:
+def _ordered(bounds: list[float]) -> list[float]:
+    if not bounds[0] < bounds[1]:
         raise ValueError(f"expected [min, max] with min < max, got {bounds}")
     return bounds
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# [min, max] of a range; checked where it stands, so an error names "range.<column>".
+Pair = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]
+Bounds = Annotated[Pair, AfterValidator(_ordered)]
 
 
 class ScaleRule(BaseModel):
@@ -614,8 +625,9 @@ class ScaleRule(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True, populate_by_name=True)
 
     multiply: FiniteFloat | None = None
-    from_: Bounds | None = Field(default=None, alias="from")
-    to: Bounds | None = None
+    # Plain pairs: a map may reverse a scale ("from": [0, 10], "to": [10, 0]).
+    from_: Pair | None = Field(default=None, alias="from")
+    to: Pair | None = None
 
     @model_validator(mode="after")
     def _one_form(self) -> ScaleRule:
@@ -668,21 +680,6 @@ class ColumnMapFile(BaseModel):
             except LookupError:
                 raise ValueError(f'unknown encoding {value!r} (e.g. "utf-8", "latin-1")') from None
         return value
-
-    @field_validator("range")
-    @classmethod
-    def _ordered_ranges(cls, value: dict[str, list[float]] | None) -> dict[str, list[float]] | None:
-        for name, bounds in (value or {}).items():
-            try:
-                _ordered(bounds)
-            except ValueError as err:
-                raise ValueError(f"{name}: {err}") from None
-        return value
-
-    @field_validator("label_range")
-    @classmethod
-    def _ordered_label_range(cls, value: list[float] | None) -> list[float] | None:
-        return _ordered(value)
 
 
 # Column-map key -> the field it sets (of FileSourceConfig, or of DatasetSpec for _DATASET_FIELDS).
@@ -737,14 +734,17 @@ def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, A
     for key in ("features", "optional_features"):
         if target in (getattr(parsed, key) or ()):
             raise ColumnMapError(f"column map {path}: key '{key}' lists the label '{target}', which is no feature")
+    # Scales and ranges name columns as the renames leave them; a typo would otherwise do nothing.
     features = parsed.features or list(DatasetSpec.features)
-    for key, allowed, extra in (("scale", [*features, target], ""), ("range", features, "; the label's is 'label_range'")):
-        for name in getattr(parsed, key) or {}:
-            if name not in allowed:
-                raise ColumnMapError(
-                    f"column map {path}: key '{key}.{name}': '{name}' is no feature{'' if key == 'range' else ' nor the label'} "
-                    f"(name columns as \"columns\" renames them; features: {', '.join(features)}){extra}"
-                )
+    known = f'(columns are named as "columns" renames them; features: {", ".join(features)})'
+    for name in parsed.scale or {}:
+        if name not in (*features, target):
+            raise ColumnMapError(f"column map {path}: key 'scale.{name}': '{name}' is no feature nor the label {known}")
+    for name in parsed.range or {}:
+        if name not in features:
+            raise ColumnMapError(
+                f"column map {path}: key 'range.{name}': '{name}' is no feature {known}; the label's is 'label_range'"
+            )
     out: dict[str, Any] = {"column_map_file": path}
     for key, name in _COLUMN_MAP_KEYS.items():
         value = getattr(parsed, key)

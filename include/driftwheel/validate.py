@@ -73,6 +73,12 @@ class ValidationResult:
     features: tuple[str, ...]  # the model features this batch provides
 
 
+def _in_range(bounds: tuple[float, float]) -> pa.Check:
+    """A declared range's check; whole bounds stay whole, so the rule reads ``in_range(0, 100)``."""
+    low, high = (int(b) if float(b).is_integer() else b for b in bounds)
+    return pa.Check.in_range(low, high)
+
+
 def build_schema(spec: DatasetSpec, features: tuple[str, ...], period: int) -> pa.DataFrameSchema:
     """The row-level schema of a period's batch for the given features.
 
@@ -82,11 +88,11 @@ def build_schema(spec: DatasetSpec, features: tuple[str, ...], period: int) -> p
     columns: dict[str, pa.Column] = {
         spec.id_column: pa.Column(str, nullable=False, coerce=True),
         spec.period_column: pa.Column(int, pa.Check.eq(period), coerce=True),
-        spec.target: pa.Column(float, [_FINITE, pa.Check.in_range(*spec.target_range)], nullable=False, coerce=True),
+        spec.target: pa.Column(float, [_FINITE, _in_range(spec.target_range)], nullable=False, coerce=True),
     }
     for name in features:
         # A range declared in the column map ("range") replaces the built-in checks of a feature.
-        plausible = [pa.Check.in_range(*spec.ranges[name])] if name in spec.ranges else _FEATURE_CHECKS.get(name, [])
+        plausible = [_in_range(spec.ranges[name])] if name in spec.ranges else _FEATURE_CHECKS.get(name, [])
         checks = [_FINITE, *([_WHOLE] if name in _INTEGER_FEATURES else []), *plausible]
         columns[name] = pa.Column(float, checks, nullable=False, coerce=True)
     return pa.DataFrameSchema(columns, strict=False)
@@ -185,26 +191,30 @@ _RANGE_RULE = re.compile(r"^(in_range|greater_than|less_than|greater_than_or_equ
 
 
 def _scale_hint(reasons: pd.Series, frame: pd.DataFrame, spec: DatasetSpec) -> str:
-    """For the columns whose values broke their range, where the values lie and the column-map keys
-    that declare another scale or range; "" if no range rule failed."""
+    """Where the values of the columns that broke their range lie, and the column-map keys that
+    declare another scale or range; "" if no range rule failed."""
     broken: list[str] = []
     for reason in reasons[reasons != ""]:
         for part in reason.split("; "):
             column, _, rule = part.partition(": ")
             if _RANGE_RULE.match(rule) and column not in broken:
                 broken.append(column)
-    hints = []
-    for column in broken[:3]:
+
+    def seen(column: str) -> str:
         values = pd.to_numeric(frame[column], errors="coerce")
-        seen = f"{values.min():g}..{values.max():g}"
-        if column == spec.target:
-            hints.append(f"'{column}' (the label) lies in {seen}: declare its \"label_range\" or \"scale\" it")
-        else:
-            hints.append(
-                f"'{column}' lies in {seen}: if it is on another scale, \"scale\" it "
-                f'(e.g. "scale": {{"{column}": {{"from": [0, 100], "to": [0, 1]}}}}, or {{"multiply": 1000}} '
-                f'for seconds to ms), or declare its "range"'
-            )
+        return f"'{column}' lies in {values.min():g}..{values.max():g}"
+
+    hints = []
+    features = [c for c in broken if c != spec.target]
+    if features:
+        example = {features[0]: {"from": [0, 100], "to": [0, 1]}}
+        seconds = ', or {"duration_ms": {"multiply": 1000}} for seconds' if "duration_ms" in features else ""
+        hints.append(
+            f'{", ".join(map(seen, features))}: if on another scale, "scale" it '
+            f'(e.g. "scale": {json.dumps(example)}{seconds}), or declare its "range"'
+        )
+    if spec.target in broken:
+        hints.append(f'{seen(spec.target)} (the label): declare its "label_range", or "scale" it')
     return " Column map: " + "; ".join(hints) + "." if hints else ""
 
 
