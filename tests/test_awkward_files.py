@@ -158,3 +158,34 @@ def test_a_kaggle_shaped_file_of_2010_2013_runs_the_whole_flywheel(settings: Set
     assert len(curated) == 400 and curated["energy"].between(0, 1).all() and curated["duration_ms"].min() >= 1000
     assert "Sigur Rós" in set(curated["artist_name"])
     assert digest(path) == before
+
+
+def test_a_value_that_is_no_number_is_reported_as_read_and_a_changed_scale_reads_the_file_anew(
+    settings: Settings, tmp_path: Path
+) -> None:
+    frame = clean_tracks(2015, n=120)
+    folder = tmp_path / "percent"
+    folder.mkdir()
+    path, column_map = write_awkward(folder, frame, ("0-100",), "export.csv")
+    text = path.read_text(encoding="utf-8").splitlines()
+    energy = text[0].split(",").index("energy")
+    cells = text[1].split(",")
+    cells[energy] = "high"
+    path.write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n", encoding="utf-8")
+
+    scaled = _with_map(settings, folder, column_map)
+    steps.ingest_tracks(scaled, 2015)
+    result = steps.validate_tracks(scaled, 2015)
+    assert result["quarantined"] == 1
+    quarantined = pd.read_csv(result["quarantine_path"])
+    assert quarantined.loc[0, "energy"] == "high" and quarantined.loc[0, "reason"].startswith("energy: ")
+    assert store.read_partition(scaled.curated_dir, 2015)["energy"].max() <= 1
+
+    # Same state, the scale of energy widened: the landing index must not serve the old rows.
+    column_map["scale"]["energy"] = {"from": [0, 100], "to": [0, 2]}
+    column_map["range"] = {"energy": [0, 2]}
+    widened = _with_map(settings, folder, column_map)
+    assert widened.state_dir == scaled.state_dir
+    steps.ingest_tracks(widened, 2015)
+    steps.validate_tracks(widened, 2015)
+    assert store.read_partition(widened.curated_dir, 2015)["energy"].max() > 1

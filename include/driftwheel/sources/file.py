@@ -199,7 +199,7 @@ def _rescaled(values: pd.Series, factor: float, offset: float) -> pd.Series:
 
 def _id_text(value: object) -> str:
     """A value as text, the same whether pandas read its column as integers or (with a gap) floats."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
