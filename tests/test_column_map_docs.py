@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from driftwheel.config import ColumnMapFile, load_column_map
+from driftwheel.config import ColumnMapFile, ScaleRule, load_column_map
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "column-map.md"
@@ -43,9 +44,22 @@ def test_the_full_example_loads_and_the_readme_links_the_reference(tmp_path: Pat
     path = tmp_path / "map.json"
     path.write_text(first, encoding="utf-8")
     loaded = load_column_map(path)
+    # The first example uses every key.
+    assert set(json.loads(first)) == set(ColumnMapFile.model_fields)
     assert set(loaded) - {"column_map_file"} == {
-        "column_map", "date_column", "pattern", "encoding", "delimiter", "decimal", "features", "optional_features"
+        "column_map", "date_column", "pattern", "encoding", "delimiter", "decimal", "features", "optional_features",
+        "scale", "ranges", "id_from", "target_range",
     }  # fmt: skip
     # The names the model reads for artist, title and album are the renames' targets.
     assert {"artist_name", "song_name", "album_name"} <= set(loaded["column_map"].values())
     assert "(docs/column-map.md)" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_both_forms_of_a_scale_are_documented_and_mean_what_the_doc_says(tmp_path: Path) -> None:
+    section = _sections()["scale"]
+    for name, info in ScaleRule.model_fields.items():
+        assert f"`{info.alias or name}`" in section or f'"{info.alias or name}"' in section, name
+    path = tmp_path / "map.json"
+    path.write_text(_examples(section)[0], encoding="utf-8")
+    scale = load_column_map(path)["scale"]
+    assert scale == {"energy": (0.01, 0.0), "duration_ms": (1000.0, 0.0)}  # value * factor + offset

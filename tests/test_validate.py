@@ -170,12 +170,19 @@ def test_missing_id_names_the_column_with_an_empty_header_and_the_map_that_uses_
     assert str(err.value) == (
         "top_songs.csv: required column 'track_id' is missing (rule: required_column; all missing: track_id); "
         "batch 2015 rejected; column 'Unnamed: 0' is one whose header is empty in the file: if it holds "
-        'track_id, name it in the column map: "columns": {"Unnamed: 0": "track_id"}'
+        'track_id, name it in the column map: "columns": {"Unnamed: 0": "track_id"}; a file without ids can '
+        'have them made from other columns: "id_from": ["artist_name", "song_name"]'
     )
-    # The advice works as given.
-    mapped = read_period(FileSourceConfig(column_map={"Unnamed: 0": "track_id"}), DatasetSpec(), landing, 2015)
-    assert len(validate_batch(mapped, DatasetSpec(), ValidationPolicy()).valid) == 200
-    # Without an empty header the message stays as it was.
+    # Both pieces of advice work as given.
+    for source in (
+        FileSourceConfig(column_map={"Unnamed: 0": "track_id"}),
+        FileSourceConfig(id_from=("artist_name", "song_name")),
+    ):
+        mapped = read_period(source, DatasetSpec(), landing, 2015)
+        assert len(validate_batch(mapped, DatasetSpec(), ValidationPolicy()).valid) == 200
+    # Without an empty header only the id_from advice is given.
     with pytest.raises(BatchRejected) as plain:
         validate_batch(_batch(make_tracks(2015).drop(columns="track_id")), DatasetSpec(), ValidationPolicy())
-    assert str(plain.value).endswith("batch 2015 rejected")
+    assert str(plain.value).endswith(
+        'batch 2015 rejected; a file without ids can have them made from other columns: "id_from": ["artist_name", "song_name"]'
+    )

@@ -27,7 +27,16 @@ from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.dataclasses import dataclass
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +121,10 @@ class DatasetSpec:
     artist_column: str | None = "artist_name"
     title_column: str | None = "song_name"
     album_column: str | None = "album_name"
+    # Plausible (min, max) of a feature, checked by validation: replaces the built-in range of a
+    # Spotify feature, and gives one to any other feature (which otherwise only needs to be finite).
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    target_range: tuple[float, float] = (0.0, 100.0)
 
 
 @dataclass(frozen=True, config=_STRICT_FIELDS)
@@ -130,6 +143,11 @@ class FileSourceConfig:
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
     # "," for the decimal commas of semicolon-delimited European exports
     decimal: Annotated[str, Field(min_length=1, max_length=1)] = "."
+    # Column (as named after the renames) -> (factor, offset): its values become value * factor +
+    # offset when read, e.g. (0.01, 0.0) for a 0-100 feature the model expects on 0-1.
+    scale: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # For files without an id column: the columns whose values, hashed, make each row's id.
+    id_from: tuple[str, ...] = ()
     # The column-map file this configuration came from, so errors can name it; None: built in code.
     column_map_file: Path | None = None
 
@@ -398,14 +416,15 @@ class Settings:
         column_map = tree.get("file_source", {}).pop("column_map_file", None)
         if column_map:
             parsed = load_column_map(Path(column_map))
-            tree["dataset"] = {k: parsed.pop(k) for k in ("features", "optional_features") if k in parsed}
+            tree["dataset"] = {k: parsed.pop(k) for k in _DATASET_FIELDS if k in parsed}
             tree["file_source"] |= parsed
         return _validated(cls, tree, ENVIRONMENT)
 
     def with_file_source(self, **changes: Any) -> Settings:
-        """These settings with the file source's fields changed; ``features`` and
-        ``optional_features`` (of a column map, see :func:`load_column_map`) change the dataset spec."""
-        spec_changes = {k: changes.pop(k) for k in ("features", "optional_features") if k in changes}
+        """These settings with the file source's fields changed; ``features``, ``optional_features``,
+        ``ranges`` and ``target_range`` (of a column map, see :func:`load_column_map`) change the
+        dataset spec."""
+        spec_changes = {k: changes.pop(k) for k in _DATASET_FIELDS if k in changes}
         return dataclasses.replace(
             self,
             file_source=dataclasses.replace(self.file_source, **changes),
@@ -602,6 +621,52 @@ class ForbiddenLandingDir(DataError):
     """A run's ``landing_dir`` points outside the allowed landing roots."""
 
 
+def _ordered(bounds: list[float]) -> list[float]:
+    if not bounds[0] < bounds[1]:
+        raise ValueError(f"expected [min, max] with min < max, got {bounds}")
+    return bounds
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# [min, max] of a range; checked where it stands, so an error names "range.<column>".
+Pair = Annotated[list[FiniteFloat], Field(min_length=2, max_length=2)]
+Bounds = Annotated[Pair, AfterValidator(_ordered)]
+
+
+class ScaleRule(BaseModel):
+    """How a column's values are rescaled when read: ``{"multiply": 1000}`` (seconds to ms) or
+    ``{"from": [0, 100], "to": [0, 1]}`` (a linear map of one range onto another)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True, populate_by_name=True)
+
+    multiply: FiniteFloat | None = None
+    # Plain pairs: a map may reverse a scale ("from": [0, 10], "to": [10, 0]).
+    from_: Pair | None = Field(default=None, alias="from")
+    to: Pair | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ScaleRule:
+        if self.multiply is not None:
+            if self.from_ is not None or self.to is not None:
+                raise ValueError('give either "multiply" or "from" and "to", not both')
+            if self.multiply == 0:
+                raise ValueError('"multiply" must not be 0')
+        elif self.from_ is None or self.to is None:
+            raise ValueError('expected {"multiply": factor} or {"from": [a, b], "to": [c, d]}')
+        elif self.from_[0] == self.from_[1]:
+            raise ValueError(f'"from" must span a range, got {self.from_}')
+        return self
+
+    def factor_offset(self) -> tuple[float, float]:
+        """(factor, offset) such that a value read becomes ``value * factor + offset``."""
+        if self.multiply is not None:
+            return float(self.multiply), 0.0
+        assert self.from_ is not None and self.to is not None  # checked by _one_form
+        (a, b), (c, d) = self.from_, self.to
+        factor = (d - c) / (b - a)
+        return factor, c - a * factor
+
+
 class ColumnMapFile(BaseModel):
     """A column-map file (see :func:`load_column_map`); each key is optional."""
 
@@ -616,6 +681,10 @@ class ColumnMapFile(BaseModel):
     decimal: str | None = Field(default=None, min_length=1, max_length=1)
     features: list[str] | None = Field(default=None, min_length=1)
     optional_features: list[str] | None = None
+    scale: dict[str, ScaleRule] | None = None
+    range: dict[str, Bounds] | None = None
+    id_from: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    label_range: Bounds | None = None
 
     @field_validator("encoding")
     @classmethod
@@ -628,7 +697,7 @@ class ColumnMapFile(BaseModel):
         return value
 
 
-# Column-map key -> the field it sets (of FileSourceConfig, or of DatasetSpec for the features).
+# Column-map key -> the field it sets (of FileSourceConfig, or of DatasetSpec for _DATASET_FIELDS).
 _COLUMN_MAP_KEYS = {
     "columns": "column_map",
     "date_column": "date_column",
@@ -638,7 +707,13 @@ _COLUMN_MAP_KEYS = {
     "decimal": "decimal",
     "features": "features",
     "optional_features": "optional_features",
+    "scale": "scale",
+    "range": "ranges",
+    "id_from": "id_from",
+    "label_range": "target_range",
 }
+# The fields a column map sets on the dataset spec rather than on the file source.
+_DATASET_FIELDS = ("features", "optional_features", "ranges", "target_range")
 
 
 def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, Any]:
@@ -647,10 +722,13 @@ def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, A
 
     The file is JSON: ``{"columns": {"source name": "spec name", ...}, "date_column": "release_date",
     "features": [...], "optional_features": [...], "pattern": "*.csv", "encoding": "latin-1",
-    "delimiter": ";", "decimal": ","}``; every key is optional. Raises :class:`ColumnMapError`
-    naming the file and the key (or the line, for malformed JSON) for unknown keys, values of the
-    wrong type, an unknown encoding, a delimiter or decimal mark longer than one character, or the
-    label ``target`` among the features.
+    "delimiter": ";", "decimal": ",", "scale": {"energy": {"from": [0, 100], "to": [0, 1]}},
+    "range": {"energy": [0, 1]}, "id_from": ["artist_name", "song_name"], "label_range": [0, 100]}``;
+    every key is optional (docs/column-map.md). Raises :class:`ColumnMapError` naming the file and
+    the key (or the line, for malformed JSON) for unknown keys, values of the wrong type, an unknown
+    encoding, a delimiter or decimal mark longer than one character, the label ``target`` among the
+    features, a scale or range of a column that is no feature (the label may be scaled; its range
+    is ``label_range``), a scale that is no linear map, or a range whose min is not below its max.
     Whether the renamed source columns exist is checked when the landing files are read.
     """
     try:
@@ -671,9 +749,25 @@ def load_column_map(path: Path, target: str = DatasetSpec.target) -> dict[str, A
     for key in ("features", "optional_features"):
         if target in (getattr(parsed, key) or ()):
             raise ColumnMapError(f"column map {path}: key '{key}' lists the label '{target}', which is no feature")
+    # Scales and ranges name columns as the renames leave them; a typo would otherwise do nothing.
+    features = parsed.features or list(DatasetSpec.features)
+    known = f'(columns are named as "columns" renames them; features: {", ".join(features)})'
+    for name in parsed.scale or {}:
+        if name not in (*features, target):
+            raise ColumnMapError(f"column map {path}: key 'scale.{name}': '{name}' is no feature nor the label {known}")
+    for name in parsed.range or {}:
+        if name not in features:
+            raise ColumnMapError(
+                f"column map {path}: key 'range.{name}': '{name}' is no feature {known}; the label's is 'label_range'"
+            )
     out: dict[str, Any] = {"column_map_file": path}
     for key, name in _COLUMN_MAP_KEYS.items():
         value = getattr(parsed, key)
-        if value is not None:
-            out[name] = tuple(value) if isinstance(value, list) else value
+        if value is None:
+            continue
+        if key == "scale":
+            value = {column: rule.factor_offset() for column, rule in value.items()}
+        elif key == "range":
+            value = {column: tuple(bounds) for column, bounds in value.items()}
+        out[name] = tuple(value) if isinstance(value, list) else value
     return out

@@ -11,7 +11,9 @@ row, never truncated to 3); features with a known meaning must lie in their plau
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -71,6 +73,12 @@ class ValidationResult:
     features: tuple[str, ...]  # the model features this batch provides
 
 
+def _in_range(bounds: tuple[float, float]) -> pa.Check:
+    """A declared range's check; whole bounds stay whole, so the rule reads ``in_range(0, 100)``."""
+    low, high = (int(b) if float(b).is_integer() else b for b in bounds)
+    return pa.Check.in_range(low, high)
+
+
 def build_schema(spec: DatasetSpec, features: tuple[str, ...], period: int) -> pa.DataFrameSchema:
     """The row-level schema of a period's batch for the given features.
 
@@ -80,10 +88,12 @@ def build_schema(spec: DatasetSpec, features: tuple[str, ...], period: int) -> p
     columns: dict[str, pa.Column] = {
         spec.id_column: pa.Column(str, nullable=False, coerce=True),
         spec.period_column: pa.Column(int, pa.Check.eq(period), coerce=True),
-        spec.target: pa.Column(float, [_FINITE, pa.Check.in_range(0, 100)], nullable=False, coerce=True),
+        spec.target: pa.Column(float, [_FINITE, _in_range(spec.target_range)], nullable=False, coerce=True),
     }
     for name in features:
-        checks = [_FINITE, *([_WHOLE] if name in _INTEGER_FEATURES else []), *_FEATURE_CHECKS.get(name, [])]
+        # A range declared in the column map ("range") replaces the built-in checks of a feature.
+        plausible = [_in_range(spec.ranges[name])] if name in spec.ranges else _FEATURE_CHECKS.get(name, [])
+        checks = [_FINITE, *([_WHOLE] if name in _INTEGER_FEATURES else []), *plausible]
         columns[name] = pa.Column(float, checks, nullable=False, coerce=True)
     return pa.DataFrameSchema(columns, strict=False)
 
@@ -159,15 +169,53 @@ def _schema_reasons(frame: pd.DataFrame, schema: pa.DataFrameSchema, batch: Batc
     return reasons
 
 
-def _empty_header_hint(frame: pd.DataFrame, missing: str) -> str:
-    """How to use a column with an empty header (a saved index, often the ids) as ``missing``; "" if none."""
+def _missing_column_hint(frame: pd.DataFrame, missing: str, spec: DatasetSpec) -> str:
+    """How the column map can provide ``missing``: a column with an empty header (a saved index,
+    often the ids) renamed to it, or ids hashed from other columns; "" if no hint applies."""
+    hint = ""
     unnamed = empty_headers(frame.columns)
-    if not unnamed:
-        return ""
-    return (
-        f"; column '{unnamed[0]}' is one whose header is empty in the file: if it holds {missing}, "
-        f'name it in the column map: "columns": {{"{unnamed[0]}": "{missing}"}}'
-    )
+    if unnamed:
+        hint += (
+            f"; column '{unnamed[0]}' is one whose header is empty in the file: if it holds {missing}, "
+            f'name it in the column map: "columns": {{"{unnamed[0]}": "{missing}"}}'
+        )
+    if missing == spec.id_column:
+        named = [c for c in (spec.artist_column, spec.title_column) if c and c in frame.columns]
+        example = json.dumps(named or ["<column>", "<column>"])
+        hint += f'; a file without ids can have them made from other columns: "id_from": {example}'
+    return hint
+
+
+# pandera's names of the checks that bound a value (as they appear in a rejection's reasons).
+_RANGE_RULE = re.compile(r"^(in_range|greater_than|less_than|greater_than_or_equal_to|less_than_or_equal_to)\(")
+
+
+def _scale_hint(reasons: pd.Series, frame: pd.DataFrame, spec: DatasetSpec) -> str:
+    """Where the values of the columns that broke their range lie, and the column-map keys that
+    declare another scale or range; "" if no range rule failed."""
+    broken: list[str] = []
+    for reason in reasons[reasons != ""]:
+        for part in reason.split("; "):
+            column, _, rule = part.partition(": ")
+            if _RANGE_RULE.match(rule) and column not in broken:
+                broken.append(column)
+
+    def seen(column: str) -> str:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        return f"'{column}' lies in {values.min():g}..{values.max():g}"
+
+    hints = []
+    features = [c for c in broken if c != spec.target]
+    if features:
+        example = {features[0]: {"from": [0, 100], "to": [0, 1]}}
+        seconds = ', or {"duration_ms": {"multiply": 1000}} for seconds' if "duration_ms" in features else ""
+        hints.append(
+            f'{", ".join(map(seen, features))}: if on another scale, "scale" it '
+            f'(e.g. "scale": {json.dumps(example)}{seconds}), or declare its "range"'
+        )
+    if spec.target in broken:
+        hints.append(f'{seen(spec.target)} (the label): declare its "label_range", or "scale" it')
+    return " Column map: " + "; ".join(hints) + "." if hints else ""
 
 
 def validate_batch(batch: Batch, spec: DatasetSpec, policy: ValidationPolicy) -> ValidationResult:
@@ -182,7 +230,7 @@ def validate_batch(batch: Batch, spec: DatasetSpec, policy: ValidationPolicy) ->
         raise BatchRejected(
             f"{_files(batch)}: required column '{missing[0]}' is missing "
             f"(rule: required_column; all missing: {', '.join(missing)}); batch {batch.period} rejected"
-            + _empty_header_hint(frame, missing[0])
+            + _missing_column_hint(frame, missing[0], spec)
         )
     features = tuple(f for f in spec.features if f in frame.columns)
     absent = [f for f in spec.features if f not in frame.columns]
@@ -202,7 +250,7 @@ def validate_batch(batch: Batch, spec: DatasetSpec, policy: ValidationPolicy) ->
             f"{location(example[SOURCE_FILE], example[SOURCE_ROW])}: {example[REASON]} "
             f"(column: rule). {bad.sum()} of {len(frame)} rows of {batch.period} break the schema "
             f"({bad_share:.1%} > max_bad_share {policy.max_bad_share:.1%}); most frequent: {rule_summary}. "
-            f"Batch rejected; the bad rows are in quarantine.",
+            f"Batch rejected; the bad rows are in quarantine." + _scale_hint(reasons, frame, spec),
             quarantined,
         )
 

@@ -9,6 +9,7 @@ year is rerun, and a bad batch is triggered from the "UI" path (a run with Param
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -25,9 +26,10 @@ import pandas as pd
 import pytest
 
 import badfiles
+from awkward import SHAPES, clean_tracks, hashed_id, write_awkward
 from browser import browser_executable
 from tracks import make_tracks
-from driftwheel import registry, report
+from driftwheel import registry, report, store
 from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
 
 pytestmark = pytest.mark.e2e
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 DAG_ID = "spotify_flywheel"
 MODEL = "spotify_popularity_e2e"
+COLUMN_MAP = "column_map.json"
 
 
 def _free_port() -> int:
@@ -64,6 +67,8 @@ class Flywheel:
 @pytest.fixture(scope="module")
 def flywheel(fresh_database: Callable[[str], str]) -> Iterator[Flywheel]:
     state_dir = Path(tempfile.mkdtemp(prefix="fw-e2e-", dir="/tmp"))
+    # Empty (no key: the defaults) until a test writes the map its own files need; read per task.
+    (state_dir / COLUMN_MAP).write_text("{}")
     config = StackConfig(
         state_dir=state_dir,
         dags_folder=REPO / "dags",
@@ -77,6 +82,7 @@ def flywheel(fresh_database: Callable[[str], str]) -> Iterator[Flywheel]:
             "FLYWHEEL_SOURCE": "synthetic",
             "FLYWHEEL_MODEL_NAME": MODEL,
             "FLYWHEEL_LAST_YEAR": "2020",
+            "FLYWHEEL_COLUMN_MAP": str(state_dir / COLUMN_MAP),
         },
     )
     with LocalStack(config) as stack:
@@ -343,4 +349,29 @@ def test_non_finite_values_are_quarantined_and_never_reach_a_model(flywheel: Fly
     row = next(r for r in flywheel.table() if r.year == 2021)
     assert row.rows == 1970 and math.isfinite(row.production_rmse)
     assert row.challenger_rmse is None or math.isfinite(row.challenger_rmse)
+    assert badfiles.digest(path) == before
+
+
+def test_an_awkward_export_runs_through_the_scheduler_with_its_column_map(flywheel: Flywheel) -> None:
+    # A Kaggle-shaped file of 2021 (Latin-1, semicolons, 0-100 features, seconds, no ids, an empty
+    # first header, its own column names), read through a column map of documented keys only.
+    landing = flywheel.state_dir / "landing" / "kaggle"
+    landing.mkdir(parents=True)
+    frame = clean_tracks(2021, n=500)
+    path, column_map = write_awkward(landing, frame, SHAPES, "top_songs_2021.csv")
+    before = badfiles.digest(path)
+    map_file = flywheel.state_dir / COLUMN_MAP
+    map_file.write_text(json.dumps(column_map))
+    try:
+        run_id = flywheel.stack.trigger(DAG_ID, {"year": 2021, "source": "file", "landing_dir": str(landing)})
+        run = flywheel.stack.wait_for_run(DAG_ID, run_id, timeout=600)
+    finally:
+        map_file.write_text("{}")
+    assert run.state == "success", _task_log(flywheel, run_id, "validate_tracks")[-2000:]
+    curated = store.read_partition(flywheel.state_dir / "curated", 2021)
+    assert len(curated) == 500
+    assert set(curated["track_id"]) == {hashed_id(a, s) for a, s in zip(frame.artist_name, frame.song_name)}
+    assert curated["energy"].between(0, 1).all() and sorted(curated["duration_ms"]) == sorted(frame["duration_ms"])
+    assert "Beyoncé" in set(curated["artist_name"])
+    assert next(r for r in flywheel.table() if r.year == 2021).rows == 500
     assert badfiles.digest(path) == before

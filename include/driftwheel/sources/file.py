@@ -1,6 +1,7 @@
 """The file source: a landing folder of CSV or Parquet files.
 
-Files are read, never written: columns are renamed through the configured column map and the
+Files are read, never written: columns are renamed through the configured column map, rescaled
+(its ``scale``), given ids hashed from other columns when they have none (its ``id_from``), and the
 requested period's rows are returned with their provenance (file name and line), so validation
 errors can name the file and row.
 
@@ -178,7 +179,53 @@ def _map_columns(frame: pd.DataFrame, source: FileSourceConfig, spec: DatasetSpe
         # A release date may be a bare year ("2016") or a full date; the year is what we need.
         dates = pd.to_datetime(frame[date_col].astype(str), errors="coerce", format="mixed")
         frame[spec.period_column] = dates.dt.year.astype("Int64")
+    for column, (factor, offset) in source.scale.items():
+        if column in frame.columns:  # an absent feature is validation's to report (or optional)
+            frame[column] = _rescaled(frame[column], factor, offset)
+    if source.id_from and spec.id_column not in frame.columns:
+        frame[spec.id_column] = _hashed_ids(frame, source, path)
     return frame
+
+
+def _rescaled(values: pd.Series, factor: float, offset: float) -> pd.Series:
+    """``values * factor + offset``; a value that is no number is kept as read, for validation to
+    report as it is in the file."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    scaled = numbers * factor + offset
+    if values.dtype.kind in "biuf":
+        return scaled
+    return scaled.astype(object).where(numbers.notna() | values.isna(), values)
+
+
+def _id_text(value: object) -> str:
+    """A value as text, the same whether pandas read its column as integers or (with a gap) floats."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _hashed_ids(frame: pd.DataFrame, source: FileSourceConfig, path: Path) -> pd.Series:
+    """Each row's id: the first 16 hex digits of the SHA-1 of its ``id_from`` values as text,
+    joined by the unit separator (stable across runs and machines, unlike Python's ``hash``).
+    A row with none of the values has no id (validation quarantines it)."""
+    columns = []
+    for name in source.id_from:
+        column = name if name in frame.columns else source.column_map.get(name, name)
+        if column not in frame.columns:
+            raise _unreadable(
+                path,
+                f"column '{name}' of \"id_from\" in the column map is missing (rule: id_from; columns: "
+                f"{', '.join(map(str, frame.columns[:30]))})",
+            )
+        columns.append(column)
+    if frame.empty:
+        return pd.Series([], index=frame.index, dtype=object)
+    texts = frame[columns].map(_id_text)
+    joined = texts.agg("\x1f".join, axis=1)
+    ids = joined.map(lambda text: hashlib.sha1(text.encode("utf-8")).hexdigest()[:16])
+    return ids.where((texts != "").any(axis=1), None)
 
 
 def _check_renames(source: FileSourceConfig, columns: Mapping[str, Iterable[str]]) -> None:
@@ -231,6 +278,9 @@ def _index_key(source: FileSourceConfig, spec: DatasetSpec, landing_dir: Path) -
         "decimal": source.decimal,
         "column_map": sorted(source.column_map.items()),
         "date_column": source.date_column,
+        "scale": sorted((k, list(v)) for k, v in source.scale.items()),
+        "id_from": list(source.id_from),
+        "id_column": spec.id_column,
         "period_column": spec.period_column,
         "target": spec.target,
     }
