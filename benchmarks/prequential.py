@@ -53,7 +53,9 @@ from driftwheel.sources import file as file_source
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CSV = REPO.parent / "shared" / "data" / "spotify_seed" / "tracks_2008_2019.csv"
-NEVER = DriftPolicy(max_drift_share=math.inf, retrain_on_target_drift=False, max_rmse_increase=math.inf)
+NEVER = DriftPolicy(
+    max_drift_share=math.inf, retrain_on_target_drift=False, max_rmse_increase=math.inf, max_model_age=None
+)
 # The study promoted every model it trained; its policies are replayed without the project's gate.
 NO_GATE = GatePolicy(enabled=False)
 

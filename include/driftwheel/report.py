@@ -21,11 +21,23 @@ T_TARGET_DRIFTED = "flywheel.target_drifted"
 T_CHALLENGER = "flywheel.challenger_version"
 T_GATE = "flywheel.gate"
 T_GATE_REASON = "flywheel.gate_reason"
+T_GATE_RULE = "flywheel.gate_rule"
+T_DECISION_RULE = "flywheel.decision_rule"
 T_PROMOTED = "flywheel.promoted"
 T_CHAMPION = "flywheel.champion_version"
 T_DRIFT_REPORT = "flywheel.drift_report"
 # Outcome tags are cleared when a period is processed again, so a rerun cannot mix two outcomes.
-OUTCOME_TAGS = (T_DECISION, T_DECISION_REASON, T_CHALLENGER, T_GATE, T_GATE_REASON, T_PROMOTED, T_CHAMPION)
+OUTCOME_TAGS = (
+    T_DECISION,
+    T_DECISION_REASON,
+    T_DECISION_RULE,
+    T_CHALLENGER,
+    T_GATE,
+    T_GATE_REASON,
+    T_GATE_RULE,
+    T_PROMOTED,
+    T_CHAMPION,
+)
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -92,6 +104,10 @@ class PeriodRow:
     promoted: bool
     champion_version: str | None
     status: str
+    # The gate's paired comparison: challenger RMSE minus the champion's (else the baseline's),
+    # with its bounds; which rule decided the retrain.
+    gate_difference: tuple[float, float, float] | None = None
+    decision_rule: str | None = None
 
 
 def period_table(client: MlflowClient, experiment: str) -> list[PeriodRow]:
@@ -115,9 +131,18 @@ def period_table(client: MlflowClient, experiment: str) -> list[PeriodRow]:
                 promoted=tags.get(T_PROMOTED) == "True",
                 champion_version=tags.get(T_CHAMPION),
                 status=run.info.status,
+                gate_difference=_gate_difference(metrics) if tags.get(T_CHALLENGER) else None,
+                decision_rule=tags.get(T_DECISION_RULE),
             )
         )
     return sorted(rows, key=lambda r: r.year)
+
+
+def _gate_difference(metrics: Mapping[str, float]) -> tuple[float, float, float] | None:
+    for name in ("vs_champion", "vs_baseline"):
+        if all(k in metrics for k in (name, f"{name}_low", f"{name}_high")):
+            return metrics[name], metrics[f"{name}_low"], metrics[f"{name}_high"]
+    return None
 
 
 def _num(value: float | None, fmt: str = ".2f") -> str:
@@ -125,15 +150,22 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
 
 
 def format_table(rows: list[PeriodRow]) -> str:
-    """The per-year table as Markdown (readable in a terminal and pasteable into the README)."""
+    """The per-year table as Markdown (readable in a terminal and pasteable into the README).
+
+    "target drift" is the normed Wasserstein distance of the label against the reference window
+    (``*``: at or above the drift threshold); "decision (rule)" names the rule that fired; "gate
+    ΔRMSE [bounds]" is the challenger's held-out RMSE minus the champion's (the baseline's for a
+    first model), with the paired-bootstrap bounds the gate decided on (< 0: challenger better).
+    """
     header = [
         "year",
         "rows",
         "drift share",
         "target drift",
         "prod RMSE",
-        "decision",
+        "decision (rule)",
         "challenger RMSE",
+        "gate ΔRMSE [bounds]",
         "promoted",
         "champion",
     ]
@@ -146,8 +178,9 @@ def format_table(rows: list[PeriodRow]) -> str:
             _num(r.drift_share),
             target,
             _num(r.production_rmse),
-            r.decision,
+            f"{r.decision} ({r.decision_rule})" if r.decision_rule else r.decision,
             _num(r.challenger_rmse),
+            "-" if r.gate_difference is None else "{:+.2f} [{:+.2f}, {:+.2f}]".format(*r.gate_difference),
             "yes" if r.promoted else "no",
             f"v{r.champion_version}" if r.champion_version else "-",
         ]
