@@ -112,6 +112,10 @@ def drift_report(
     html_path, json_path = out_dir / f"{stem}.html", out_dir / f"{stem}.json"
     store.write_text(html_path, _titled(snapshot.get_html_str(as_iframe=False), title, target))
     store.write_atomic(json_path, lambda tmp: snapshot.save_json(str(tmp)))
+    # A rerun against another reference replaces the period's report instead of adding one.
+    for stale in [*out_dir.glob("drift_*.html"), *out_dir.glob("drift_*.json")]:
+        if stale not in (html_path, json_path):
+            stale.unlink(missing_ok=True)
 
     scores: dict[str, float] = {}
     drifted: dict[str, bool] = {}
