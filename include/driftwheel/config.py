@@ -519,6 +519,8 @@ ENVIRONMENT: dict[str, str] = {
     "FLYWHEEL_MIN_HOLDOUT_ROWS": "gate.min_holdout_rows",
     "FLYWHEEL_MIN_BATCH_ROWS": "gate.min_batch_rows",
     "FLYWHEEL_GATE_CONFIDENCE": "gate.confidence",
+    "FLYWHEEL_DRIFT_REFERENCE_WINDOW": "drift.reference_window",
+    "FLYWHEEL_MAX_MODEL_AGE": "drift.max_model_age",
     "FLYWHEEL_LIVE_MIN_NEW_ROWS": "live.min_new_rows",
     "FLYWHEEL_WARMUP_START": "training.warmup_start",
     "FLYWHEEL_WARMUP_END": "training.warmup_end",
