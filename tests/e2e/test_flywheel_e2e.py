@@ -72,6 +72,9 @@ def flywheel(fresh_database: Callable[[str], str]) -> Iterator[Flywheel]:
             "FLYWHEEL_SOURCE": "synthetic",
             "FLYWHEEL_MODEL_NAME": MODEL,
             "FLYWHEEL_LAST_YEAR": "2020",
+            # Retrain on schedule every second year (the default is every year), so that both
+            # branches run: a stable year in between is skipped.
+            "FLYWHEEL_MAX_MODEL_AGE": "2",
         },
     )
     with LocalStack(config) as stack:
