@@ -265,6 +265,13 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
             report.T_DRIFT_REPORT: str(drift.html_path) if drift else None,
             "flywheel.production_champion": summary.champion_version,
             "flywheel.reference_periods": ",".join(map(str, reference_periods)) or None,
+            # What the drift numbers are: distances (larger = more drift), the same at every size.
+            "flywheel.drift_tests": (
+                f"{settings.drift.numeric_method} (numeric, target), {settings.drift.categorical_method} "
+                f"(categorical), drift at >= {settings.drift.drift_threshold:g}"
+            )
+            if drift
+            else None,
         },
     )
     if champion is not None and production_rmse is not None:
