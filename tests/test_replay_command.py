@@ -71,7 +71,7 @@ def test_replay_on_a_csv_file_takes_its_years_from_the_file_and_never_writes_it(
     assert "replaying 2010-2012" in replayed.stdout
     rows = _table(replayed.stdout)
     assert [(r[0], r[1]) for r in rows] == [("| 2010", "300"), ("| 2011", "300"), ("| 2012", "300")]
-    assert rows[1][5] == "retrain" and rows[1][7] == "yes"
+    assert rows[1][5] == "retrain (cold_start)" and rows[1][8] == "yes"
     assert hashlib.sha256(csv.read_bytes()).hexdigest() == digest
 
     # A year beyond the next one is refused with the reason, before it touches anything; exit 1.
