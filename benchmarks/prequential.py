@@ -1,9 +1,10 @@
 """Prequential benchmark: replay the flywheel year by year under several policies.
 
     python benchmarks/prequential.py --data CSV --out DIR [--warmup-end 2014] [--last-year 2019]
-                                     [--column-map FILE]
+                                     [--column-map FILE] [--state DIR]
 
-(``make bench``, or with the venv's python, which finds the library through its .pth file.)
+(``make bench``, or with the venv's python, which finds the library through its .pth file;
+``make bench-docs`` regenerates docs/benchmark/ on the seed data and the synthetic source.)
 
 For every policy, the periods run through :func:`driftwheel.replay.replay`: the same library steps
 as the DAG's tasks, in the DAG's order (ingest, validate, drift, decide, retrain, gate, promote;
@@ -20,7 +21,8 @@ The study's three policies promote every model they train, as the study did (no 
 and then
 
 * ``previous_mean``: no model, every track gets the previous year's mean popularity;
-* ``default``: the project's defaults (``trend_residual``, drift-triggered, gated);
+* ``default``: the project's defaults (``trend_residual``, retrained every period, bootstrap-gated);
+* ``default_drift_triggered``: the same, retrained only when a drift or error rule fires;
 * ``default_from_scratch``: the same model and decisions, but every retrain starts from scratch
   on all labelled years instead of fine-tuning (the cost reference).
 
@@ -53,7 +55,9 @@ from driftwheel.sources import file as file_source
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CSV = REPO.parent / "shared" / "data" / "spotify_seed" / "tracks_2008_2019.csv"
-NEVER = DriftPolicy(max_drift_share=math.inf, retrain_on_target_drift=False, max_rmse_increase=math.inf)
+NEVER = DriftPolicy(
+    max_drift_share=math.inf, retrain_on_target_drift=False, max_rmse_increase=math.inf, max_model_age=None
+)
 # The study promoted every model it trained; its policies are replayed without the project's gate.
 NO_GATE = GatePolicy(enabled=False)
 
@@ -96,7 +100,16 @@ POLICIES: tuple[Policy, ...] = (
         lambda s: dataclasses.replace(s, training=_training(s, strategy="full"), force_retrain=True, gate=NO_GATE),
     ),
     Policy("previous_mean", "every track gets the previous year's mean popularity", None),
-    Policy("default", "the project's defaults: trend_residual, drift-triggered retrain, gated", lambda s: s),
+    Policy(
+        "default",
+        "the project's defaults: trend_residual, retrained every period (and on drift), bootstrap-gated",
+        lambda s: s,
+    ),
+    Policy(
+        "default_drift_triggered",
+        "as default, but retrained only when a drift or error rule fires (no schedule)",
+        lambda s: dataclasses.replace(s, drift=dataclasses.replace(s.drift, max_model_age=None)),
+    ),
     Policy(
         "default_from_scratch",
         "as default, but every retrain trains from scratch on all labelled years",
@@ -347,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "--column-map", type=Path, help="JSON column map for the file source (see config.load_column_map)"
     )
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic source even if the seed CSV exists")
+    parser.add_argument("--state", type=Path, help="where the policies' state goes (default: OUT/state)")
     parser.add_argument("--policies", nargs="*", default=[p.name for p in POLICIES], choices=[p.name for p in POLICIES])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -358,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    base, years, data_label = base_settings(args, out / "state")
+    base, years, data_label = base_settings(args, (args.state or out / "state").resolve())
     base = dataclasses.replace(
         base, training=dataclasses.replace(base.training, warmup_start=years[0], warmup_end=args.warmup_end)
     )

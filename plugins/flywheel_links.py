@@ -5,7 +5,7 @@ A "Flywheel" menu in the navigation bar (Airflow 3.1+ ``external_views``):
 - *Timeline*: per year the champion's production RMSE against the baseline's, the challengers'
   held-out RMSE, drift, and the retrain / promote / reject / skip markers, read from the MLflow
   period runs (:mod:`driftwheel.report`), shown inside the Airflow UI;
-- *Latest drift report*: the newest ``<state>/reports/year=YYYY/drift_report.html``, shown inside
+- *Latest drift report*: the newest ``<state>/reports/year=YYYY/drift_YYYY_vs_<reference>.html``, shown inside
   the Airflow UI (an iframe on this plugin's own FastAPI app, so same origin and same login);
 - *<model> in MLflow*: the registered model's page in the MLflow UI (new tab);
 - *Champion in MLflow*: the version the ``champion`` alias points at. The MLflow UI has no alias
@@ -57,7 +57,9 @@ if TYPE_CHECKING:
 URL_PREFIX = "/flywheel"
 CATEGORY = "Flywheel"
 DEFAULT_MLFLOW_UI_URL = "http://127.0.0.1:5000"
-REPORT_FILE = "drift_report.html"  # the name driftwheel.drift.drift_report writes
+# driftwheel.drift.drift_report writes drift_<year>_vs_<reference>.html, one per year folder.
+REPORT_FILE = "drift_<year>_vs_<reference>.html"
+_REPORT_GLOB = "drift_*.html"
 MLFLOW_TIMEOUT_SECONDS = 5.0
 _YEAR_DIR = re.compile(r"year=(\d{4})")
 
@@ -124,8 +126,14 @@ def build_external_views(env: Mapping[str, str] | None = None) -> list[dict[str,
 
 
 # -- drift reports ------------------------------------------------------------------------------
+def year_report(folder: Path) -> Path | None:
+    """The drift report of a ``year=YYYY`` folder (the newest, should a rerun have left two); None without one."""
+    found = [p for p in folder.glob(_REPORT_GLOB) if p.is_file()] if folder.is_dir() else []
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
 def list_reports(reports_dir: Path) -> list[tuple[int, Path]]:
-    """``(year, path)`` of every ``year=YYYY/drift_report.html`` under ``reports_dir``, newest first.
+    """``(year, path)`` of every ``year=YYYY/drift_*.html`` under ``reports_dir``, newest first.
 
     A missing folder, other folders and year folders without a report (a run still writing, or a
     failed one) are skipped.
@@ -135,8 +143,9 @@ def list_reports(reports_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for child in reports_dir.iterdir():
         match = _YEAR_DIR.fullmatch(child.name)
-        if match and (child / REPORT_FILE).is_file():
-            found.append((int(match.group(1)), child / REPORT_FILE))
+        report = year_report(child) if match else None
+        if match and report is not None:
+            found.append((int(match.group(1)), report))
     return sorted(found, reverse=True)
 
 
@@ -240,8 +249,8 @@ def create_app(ui_url: str | None = None) -> "FastAPI":
     @app.get("/reports/{year}", response_class=FileResponse, name="report")
     def report(year: int) -> FileResponse:
         settings = Settings.from_env()
-        path = settings.reports_dir / f"year={year}" / REPORT_FILE
-        if not path.is_file():
+        path = year_report(settings.reports_dir / f"year={year}")
+        if path is None:
             raise no_report(settings, year)
         return FileResponse(path, media_type="text/html")
 
@@ -279,7 +288,7 @@ def create_app(ui_url: str | None = None) -> "FastAPI":
             year = run_period(run.conf, run.logical_date)
         if year is None:
             raise HTTPException(status_code=404, detail=f"Run {run_id!r} has no year (no logical date, no year param).")
-        has_report = (Settings.from_env().reports_dir / f"year={year}" / REPORT_FILE).is_file()
+        has_report = year_report(Settings.from_env().reports_dir / f"year={year}") is not None
         report_url = request.url_for("report", year=year).path if has_report else None
         return HTMLResponse(year_page(year, timeline_page(year), report_url))
 

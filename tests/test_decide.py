@@ -60,3 +60,26 @@ def test_a_batch_below_the_minimum_is_never_trained_on() -> None:
     cold = DriftSummary(2014, 5, None, None, None, None, None, None, None)
     assert should_retrain(cold, DriftPolicy(), warmup_end=2014, min_rows=100).action == "skip"
     assert should_retrain(cold, DriftPolicy(), warmup_end=2014, min_rows=5).action == "retrain"
+
+
+def test_the_decision_names_the_rule_that_fired() -> None:
+    policy = DriftPolicy(max_drift_share=0.5, max_rmse_increase=0.1)
+    assert should_retrain(_summary(), policy, warmup_end=2014).rule == "stable"
+    both = should_retrain(_summary(drift_share=0.6, production_rmse=6.6), policy, warmup_end=2014)
+    assert both.rule == "feature_drift+rmse_increase"
+    assert should_retrain(_summary(target_drifted=True), policy, warmup_end=2014).rule == "target_drift"
+    assert should_retrain(_summary(), policy, warmup_end=2014, force=True).rule == "forced"
+    no_model = dict(champion_version=None, production_rmse=None, champion_holdout_rmse=None)
+    assert should_retrain(_summary(period=2012, **no_model), policy, warmup_end=2014).rule == "warmup"
+    assert should_retrain(_summary(period=2014, **no_model), policy, warmup_end=2014).rule == "cold_start"
+
+
+def test_the_schedule_retrains_a_champion_that_is_old_enough() -> None:
+    # The default retrains every period (max_model_age=1): drift tests miss slow drift.
+    every = should_retrain(_summary(champion_trained_through=2015), DriftPolicy(), warmup_end=2014)
+    assert every.retrain and every.rule == "schedule" and "learnt up to 2015, 1 period(s) old" in every.reason
+    biennial = DriftPolicy(max_model_age=2)
+    assert not should_retrain(_summary(champion_trained_through=2015), biennial, warmup_end=2014).retrain
+    assert should_retrain(_summary(champion_trained_through=2014), biennial, warmup_end=2014).rule == "schedule"
+    off = DriftPolicy(max_model_age=None)
+    assert not should_retrain(_summary(champion_trained_through=2010), off, warmup_end=2014).retrain

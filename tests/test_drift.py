@@ -1,14 +1,22 @@
 from pathlib import Path
 
+import pytest
 from tracks import make_tracks
-from driftwheel.config import SPOTIFY_AUDIO_FEATURES
+
+from driftwheel.config import SPOTIFY_AUDIO_FEATURES, DriftPolicy
 from driftwheel.drift import drift_report, reference_periods
+
+
+def _report(current, reference, out: Path, features=SPOTIFY_AUDIO_FEATURES):  # type: ignore[no-untyped-def]
+    return drift_report(
+        current, reference, features, "popularity", out, DriftPolicy(), period=2011, reference_periods=[2009, 2010]
+    )
 
 
 def test_shifted_feature_and_label_are_flagged(tmp_path: Path) -> None:
     reference = make_tracks(2010, n=1500)
     current = make_tracks(2011, n=1500, level=58, shift=0.25)
-    result = drift_report(current, reference, SPOTIFY_AUDIO_FEATURES, "popularity", tmp_path)
+    result = _report(current, reference, tmp_path)
     assert result.column_drifted["danceability"]
     assert not result.column_drifted["tempo"]
     assert result.target_drifted
@@ -17,14 +25,37 @@ def test_shifted_feature_and_label_are_flagged(tmp_path: Path) -> None:
 
 
 def test_same_distribution_is_stable(tmp_path: Path) -> None:
-    result = drift_report(
-        make_tracks(2011, n=1500, seed=1), make_tracks(2010, n=1500), SPOTIFY_AUDIO_FEATURES, "popularity", tmp_path
-    )
+    result = _report(make_tracks(2011, n=1500, seed=1), make_tracks(2010, n=1500), tmp_path)
     assert result.drift_share < 0.2 and not result.target_drifted
 
 
-def test_reference_is_the_champions_training_data_else_the_latest_earlier_period() -> None:
-    assert reference_periods([2010, 2011], [2010, 2011, 2012, 2013], 2013) == [2010, 2011]
-    # Before the first champion: the latest curated period before this one (a rerun ignores later ones).
-    assert reference_periods(None, [2010, 2011, 2012, 2013], 2012) == [2011]
-    assert reference_periods(None, [2010], 2010) == []
+def test_the_report_names_the_period_the_reference_and_the_tests(tmp_path: Path) -> None:
+    result = _report(make_tracks(2011, n=300, seed=1), make_tracks(2010, n=300), tmp_path)
+    assert result.html_path.name == "drift_2011_vs_2009-2010.html"
+    assert result.json_path.name == "drift_2011_vs_2009-2010.json"
+    html = result.html_path.read_text()
+    assert "<title>Drift of 2011 (300 rows) against 2009-2010 (300 rows): wasserstein" in html
+    # The target is shown by its distribution (rows in label order), never against row order.
+    assert "Index binned" not in html and "rows in popularity order (binned)" in html
+
+
+@pytest.mark.parametrize("rows", [50, 100_000])
+def test_the_drift_score_keeps_its_test_and_direction_at_every_size(tmp_path: Path, rows: int) -> None:
+    # Evidently's default switches from a K-S p-value (small = drift) below 1,000 rows to a
+    # Wasserstein distance (large = drift) above: the same column meant opposite things.
+    features = ("danceability", "mode")
+    reference = make_tracks(2010, n=rows)
+    same = _report(make_tracks(2011, n=rows, seed=1), reference, tmp_path / "same", features)
+    shifted = _report(make_tracks(2011, n=rows, seed=1, level=62), reference, tmp_path / "shifted", features)
+    assert same.methods == shifted.methods == {"danceability": "wasserstein", "mode": "jensenshannon",
+                                               "popularity": "wasserstein"}  # fmt: skip
+    # A distance: larger = more drift, whatever the size.
+    assert shifted.target_drift_score > same.target_drift_score and shifted.target_drifted
+
+
+def test_reference_is_a_fixed_window_of_the_last_labelled_periods() -> None:
+    available = [2008, 2009, 2010, 2011, 2012, 2013]
+    assert reference_periods(available, 2013, 3) == [2010, 2011, 2012]
+    # A rerun of an earlier period ignores later ones; the start of the data has fewer.
+    assert reference_periods(available, 2010, 3) == [2008, 2009]
+    assert reference_periods(available, 2008, 3) == []

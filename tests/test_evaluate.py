@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from driftwheel import store
 from driftwheel.config import GatePolicy
@@ -12,17 +13,78 @@ def test_rmse() -> None:
     assert rmse(np.array([1.0, 3.0]), np.array([1.0, 1.0])) == np.sqrt(2.0)
 
 
+Y = np.random.default_rng(7).normal(50.0, 15.0, 5000)
+
+
+def predictions(target_rmse: float, n: int = 5000, seed: int = 1) -> np.ndarray:
+    """Predictions of the first ``n`` labels of ``Y`` whose RMSE is exactly ``target_rmse``
+    (independent errors per seed: two models differ row by row, as real ones do)."""
+    errors = np.random.default_rng(seed).normal(0.0, 1.0, n)
+    if n == 0:
+        return errors
+    return Y[:n] + errors * target_rmse / np.sqrt(np.mean(errors**2))
+
+
+def gate(challenger: float, champion: float | None, baseline: float, policy: GatePolicy, n: int = 2000):  # type: ignore[no-untyped-def]
+    return passes_gate(
+        Y[:n],
+        predictions(challenger, n, seed=1),
+        None if champion is None else predictions(champion, n, seed=2),
+        predictions(baseline, n, seed=3),
+        policy,
+    )
+
+
 def test_gate_rejects_a_worse_challenger() -> None:
-    result = passes_gate(6.5, 6.0, 7.0, GatePolicy(min_improvement=0.01))
-    assert not result.passed and "not 1% better" in result.reason
+    result = gate(6.5, 6.0, 7.0, GatePolicy(min_improvement=0.01))
+    assert not result.passed and "not 1% better" in result.reason and result.rule == "champion"
 
 
 def test_gate_requires_the_margin_and_the_baseline() -> None:
     policy = GatePolicy(min_improvement=0.05)
-    assert not passes_gate(5.8, 6.0, 7.0, policy).passed  # 3% better: below the margin
-    assert passes_gate(5.6, 6.0, 7.0, policy).passed
-    assert not passes_gate(5.6, 6.0, 5.5, policy).passed  # the naive baseline is better
-    assert passes_gate(5.6, None, 7.0, policy).passed  # first model: baseline only
+    assert not gate(5.8, 6.0, 7.0, policy).passed  # 3% better: below the margin
+    assert gate(5.6, 6.0, 7.0, policy).passed
+    assert not gate(5.6, 6.0, 5.5, policy).passed  # the naive baseline is better
+    assert gate(5.6, None, 7.0, policy).passed  # first model: baseline only
+
+
+def test_a_clearly_better_challenger_on_enough_rows_passes_with_its_evidence() -> None:
+    result = gate(4.0, 6.0, 7.0, GatePolicy(), n=500)
+    assert result.passed and result.rule == "champion" and result.holdout_rows == 500
+    assert result.vs_champion is not None and result.vs_baseline is not None
+    assert result.vs_champion.low < result.vs_champion.difference < result.vs_champion.high < 0
+    assert result.vs_champion.difference == pytest.approx(4.0 - 6.0)
+    assert result.vs_baseline.high < 0
+
+
+def test_a_challenger_better_by_noise_does_not_pass() -> None:
+    # 0.3 points better on 200 rows clears the 1 % margin, but the interval straddles zero: noise.
+    result = gate(5.7, 6.0, 9.0, GatePolicy(), n=200)
+    assert not result.passed and result.rule == "champion" and "only by noise" in result.reason
+    assert result.vs_champion is not None and result.vs_champion.low < 0 < result.vs_champion.high
+    # The same models on 25 times the rows: the difference is real.
+    assert gate(5.7, 6.0, 9.0, GatePolicy(), n=5000).passed
+
+
+def test_the_gate_needs_the_baseline_beaten_by_more_than_noise() -> None:
+    result = gate(6.9, None, 7.0, GatePolicy(), n=200)
+    assert not result.passed and result.rule == "baseline" and "not surely better" in result.reason
+
+
+def test_the_bootstrap_is_deterministic_and_seeded() -> None:
+    first, again = gate(5.7, 6.0, 9.0, GatePolicy(), n=300), gate(5.7, 6.0, 9.0, GatePolicy(), n=300)
+    assert first.vs_champion == again.vs_champion
+    reseeded = gate(5.7, 6.0, 9.0, GatePolicy(bootstrap_seed=1), n=300)
+    assert reseeded.vs_champion != first.vs_champion
+
+
+def test_the_interval_narrows_with_the_confidence() -> None:
+    wide, narrow = (
+        gate(5.7, 6.0, 9.0, GatePolicy(confidence=0.99), n=300),
+        gate(5.7, 6.0, 9.0, GatePolicy(confidence=0.6), n=300),
+    )
+    assert wide.vs_champion is not None and narrow.vs_champion is not None
+    assert wide.vs_champion.low < narrow.vs_champion.low < narrow.vs_champion.high < wide.vs_champion.high
 
 
 def test_holdout_split_depends_on_ids_not_row_order() -> None:
@@ -34,33 +96,39 @@ def test_holdout_split_depends_on_ids_not_row_order() -> None:
 
 
 def test_a_disabled_gate_promotes_even_a_worse_challenger() -> None:
-    result = passes_gate(9.0, 5.0, 6.0, GatePolicy(enabled=False))
-    assert result.passed and "gate disabled" in result.reason
+    result = gate(9.0, 5.0, 6.0, GatePolicy(enabled=False))
+    assert result.passed and "gate disabled" in result.reason and result.rule == "gate_disabled"
 
 
 def test_the_gate_never_passes_on_non_finite_metrics() -> None:
     policy = GatePolicy()
-    nan, inf = float("nan"), float("inf")
+    y, good, base = Y[:100], predictions(4.0, 100), predictions(7.29, 100, seed=3)
+    nan = np.full(100, np.nan)
+    inf = good.copy()
+    inf[5] = np.inf
     # The finding: "challenger RMSE nan beats the champion nan and the baseline 7.29" promoted a NaN model.
-    assert not passes_gate(nan, nan, 7.29, policy).passed
-    assert "non-finite" in passes_gate(nan, 6.0, 7.29, policy).reason
-    assert not passes_gate(inf, None, 7.29, policy).passed
-    assert not passes_gate(5.0, 6.0, nan, policy).passed
-    assert not passes_gate(nan, 6.0, 7.0, GatePolicy(enabled=False)).passed  # not even with the gate off
+    assert not passes_gate(y, nan, nan, base, policy).passed
+    assert "non-finite" in passes_gate(y, nan, good, base, policy).reason
+    assert not passes_gate(y, inf, None, base, policy).passed
+    assert not passes_gate(y, good, good, nan, policy).passed
+    assert not passes_gate(y, nan, good, base, GatePolicy(enabled=False)).passed  # not even with the gate off
 
 
 def test_a_broken_champion_can_be_replaced_by_a_challenger_that_beats_the_baseline() -> None:
-    healed = passes_gate(6.3, float("nan"), 7.29, GatePolicy())
-    assert healed.passed and "non-finite" in healed.reason
-    assert not passes_gate(7.5, float("nan"), 7.29, GatePolicy()).passed
+    y, nan = Y[:1000], np.full(1000, np.nan)
+    healed = passes_gate(y, predictions(6.3, 1000), nan, predictions(7.29, 1000, seed=3), GatePolicy())
+    assert healed.passed and "non-finite" in healed.reason and healed.rule == "broken_champion"
+    assert not passes_gate(y, predictions(7.5, 1000), nan, predictions(7.29, 1000, seed=3), GatePolicy()).passed
 
 
 def test_the_gate_refuses_a_held_out_split_below_the_minimum() -> None:
     policy = GatePolicy(min_holdout_rows=50)
-    tiny = passes_gate(4.0, 6.0, 7.0, policy, holdout_rows=0)
-    assert not tiny.passed and "0 held-out rows (minimum 50)" in tiny.reason
-    assert not passes_gate(4.0, 6.0, 7.0, policy, holdout_rows=49).passed
-    assert passes_gate(4.0, 6.0, 7.0, policy, holdout_rows=50).passed
+    tiny = gate(4.0, 6.0, 7.0, policy, n=0)
+    assert not tiny.passed and "0 held-out rows (minimum 50)" in tiny.reason and tiny.rule == "too_few_rows"
+    # Even a challenger far better on the few rows there are: 49 rows cannot rank two models.
+    assert not gate(2.0, 6.0, 7.0, policy, n=49).passed
+    assert not gate(2.0, 6.0, 7.0, GatePolicy(enabled=False, min_holdout_rows=50), n=49).passed
+    assert gate(2.0, 6.0, 7.0, policy, n=50).passed
 
 
 def test_baseline_is_the_previous_periods_mean_else_the_training_split(tmp_path: Path) -> None:

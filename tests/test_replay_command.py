@@ -50,9 +50,14 @@ def test_replay_on_the_synthetic_source_prints_the_demos_table_from_its_own_stat
     rows = _table(replayed.stdout)
     assert [r[0] for r in rows] == ["| 2008", "| 2009", "| 2010"]
     cold_start, after = _columns(replayed.stdout)[1:3]
-    assert (cold_start["decision"], cold_start["promoted"], cold_start["champion"]) == ("retrain", "yes", "v1")
+    assert (cold_start["decision"], cold_start["promoted"], cold_start["champion"]) == (
+        "retrain (cold_start)",
+        "yes",
+        "v1",
+    )
     assert int(cold_start["held-out n"]) > 0 and after["baseline RMSE"] != "-"  # the gate's held-out n; 2010's baseline
     assert "- held-out n: rows in that held-out split" in replayed.stdout  # the legend under the table
+    assert cold_start["gate ΔRMSE [bounds]"].startswith("-") and cold_start["gate ΔRMSE [bounds]"].endswith("]")
 
     # The same table as `python -m driftwheel table` (the demo's formatter) reads from the replay's store.
     table = _driftwheel("table", env={**env, "FLYWHEEL_MLFLOW_TRACKING_URI": f"sqlite:///{replay_state / 'mlflow.db'}"})
@@ -80,7 +85,10 @@ def test_replay_on_a_csv_file_takes_its_years_from_the_file_and_never_writes_it(
     assert "replaying 2010-2012" in replayed.stdout
     rows = _table(replayed.stdout)
     assert [(r[0], r[1]) for r in rows] == [("| 2010", "300"), ("| 2011", "300"), ("| 2012", "300")]
-    assert (_columns(replayed.stdout)[1]["decision"], _columns(replayed.stdout)[1]["promoted"]) == ("retrain", "yes")
+    assert (_columns(replayed.stdout)[1]["decision"], _columns(replayed.stdout)[1]["promoted"]) == (
+        "retrain (cold_start)",
+        "yes",
+    )
     assert hashlib.sha256(csv.read_bytes()).hexdigest() == digest
 
     # A year beyond the next one is refused with the reason, before it touches anything; exit 1.

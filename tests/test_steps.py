@@ -24,7 +24,8 @@ def flywheel(settings: Settings) -> Settings:
     land(settings, 2011, make_tracks(2011, n=500, level=52))
     land(settings, 2012, make_tracks(2012, n=500, level=52, seed=3))
     land(settings, 2013, make_tracks(2013, n=500, level=62))
-    return settings
+    # Drift-triggered only (no retrain schedule), so that the stable 2012 is skipped.
+    return dataclasses.replace(settings, drift=dataclasses.replace(settings.drift, max_model_age=None))
 
 
 def _versions(settings: Settings) -> list[str]:
@@ -55,6 +56,22 @@ def test_warm_up_cold_start_skip_and_transfer(
     assert first.tags[registry.T_TRAINING_PERIODS] == "2010,2011" and first.tags[registry.T_STRATEGY] == first_strategy
     assert second.tags[registry.T_STRATEGY] == strategy and second.tags[registry.T_PARENT] == "1"
     assert second.tags[registry.T_PREVIOUS_CHAMPION] == "1"
+    # The gate's evidence, on the version, the period's run and the per-year table.
+    held_out = int(second.tags["flywheel.gate.holdout_rows"])
+    assert held_out >= 50 and second.tags["flywheel.gate.rule"] == "champion"
+    low, high = (
+        float(second.tags["flywheel.gate.vs_champion_low"]),
+        float(second.tags["flywheel.gate.vs_champion_high"]),
+    )
+    assert low <= float(second.tags["flywheel.gate.vs_champion"]) <= high < 0
+    run = client.get_run(client.search_runs([client.get_experiment_by_name(flywheel.experiment_name).experiment_id],
+                                            filter_string="tags.`flywheel.period` = '2013'")[0].info.run_id)  # fmt: skip
+    assert run.data.metrics["holdout_rows"] == held_out and run.data.metrics["vs_champion_high"] == pytest.approx(
+        high, abs=1e-3
+    )
+    assert run.data.tags["flywheel.gate_rule"] == "champion" and run.data.tags["flywheel.decision_rule"] != ""
+    assert rows[3].gate_difference is not None and rows[3].gate_difference[2] == pytest.approx(high, abs=1e-3)
+    assert rows[2].decision_rule == "stable" and rows[1].decision_rule == "cold_start"
 
     # The registered champion predicts from a DataFrame of raw features (extra columns ignored).
     version = client.get_model_version_by_alias(flywheel.model_name, "champion")

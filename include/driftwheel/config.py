@@ -197,6 +197,19 @@ class DriftPolicy:
     # Retrain when the champion's production RMSE exceeds this absolute value (None: no such rule;
     # the study retrained whenever RMSE > 3.5).
     max_production_rmse: NonNegativeFloat | None = None
+    # Schedule: retrain when the champion's newest training period is this many periods old (1:
+    # every period; None: only the rules above). Drift tests miss slow drift on small batches
+    # (benchmarks/prequential.py: skipped years cost more than the fine-tunes), and the gate
+    # keeps a scheduled challenger out unless it is better by more than noise.
+    max_model_age: PositiveInt | None = 1
+    # Drift is measured against the last N labelled periods before the new one: a fixed window, so
+    # drift scores mean the same in every period whatever the champion was trained on.
+    reference_window: PositiveInt = 3
+    # Evidently stattests, fixed per column type at every sample size (Evidently's default switches
+    # from p-values to distances at 1,000 rows): distances, larger = more drift, drift at >= threshold.
+    numeric_method: Literal["wasserstein", "jensenshannon", "psi", "hellinger"] = "wasserstein"
+    categorical_method: Literal["jensenshannon", "psi", "hellinger"] = "jensenshannon"
+    drift_threshold: PositiveFloat = 0.1
 
 
 @dataclass(frozen=True, config=_STRICT_FIELDS)
@@ -220,6 +233,12 @@ class GatePolicy:
     min_holdout_rows: PositiveInt = 50
     # A period with fewer curated rows is not trained on (its held-out split would be ~20 % of it).
     min_batch_rows: PositiveInt = 100
+    # Uncertainty: a paired bootstrap of the held-out squared errors (evaluate.paired_difference).
+    # A challenger passes only if the one-sided upper bound, at this confidence, of its RMSE minus
+    # the champion's (and minus the baseline's) is below zero: better by more than noise.
+    confidence: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.9
+    bootstrap_resamples: PositiveInt = 1000
+    bootstrap_seed: NonNegativeInt = 0
 
 
 @dataclass(frozen=True, config=_STRICT_FIELDS)
@@ -533,6 +552,9 @@ ENVIRONMENT: dict[str, str] = {
     "FLYWHEEL_SPOTIFY_AUTH_URL": "spotify.auth_url",
     "FLYWHEEL_MIN_HOLDOUT_ROWS": "gate.min_holdout_rows",
     "FLYWHEEL_MIN_BATCH_ROWS": "gate.min_batch_rows",
+    "FLYWHEEL_GATE_CONFIDENCE": "gate.confidence",
+    "FLYWHEEL_DRIFT_REFERENCE_WINDOW": "drift.reference_window",
+    "FLYWHEEL_MAX_MODEL_AGE": "drift.max_model_age",
     "FLYWHEEL_LIVE_MIN_NEW_ROWS": "live.min_new_rows",
     "FLYWHEEL_WARMUP_START": "training.warmup_start",
     "FLYWHEEL_WARMUP_END": "training.warmup_end",

@@ -1,13 +1,22 @@
-"""Drift of a new period against the champion's training data, with Evidently 0.7.
+"""Drift of a new period against a fixed window of earlier periods, with Evidently 0.7.
 
-Feature drift comes from ``DataDriftPreset`` (per-column tests chosen by Evidently for the column
-type and sample size), target drift from ``ValueDrift`` on the label. The HTML and JSON reports
-are written atomically under the period's folder; the caller logs them to MLflow.
+The reference is the last ``DriftPolicy.reference_window`` labelled periods before the new one,
+whatever the champion was trained on, so a drift score means the same in every period.
+Each column's test is chosen here, by column type, not by Evidently's size-dependent default
+(a K-S p-value below 1,000 reference rows, where small = drift, a distance above, where large =
+drift): numeric columns and the target use the normed Wasserstein distance, categorical ones the
+Jensen-Shannon distance (``DriftPolicy.numeric_method`` / ``categorical_method``). Every score is
+a distance: larger = more drift, at every sample size; drift at >= ``DriftPolicy.drift_threshold``.
+The HTML and JSON reports are written atomically under the period's folder, named with the period
+and the reference; the caller logs them to MLflow.
 """
 
 from __future__ import annotations
 
+import html as html_lib
+import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from driftwheel import store
+from driftwheel.config import DriftPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -27,29 +37,28 @@ class DriftResult:
     column_drifted: dict[str, bool]
     target_drift_score: float
     target_drifted: bool
+    # The stattest of each column, the target's included (the name Evidently records).
+    methods: dict[str, str]
     html_path: Path
     json_path: Path
 
 
 def _is_drifted(metric: dict[str, Any]) -> bool:
-    config = metric["config"]
-    value = float(metric["value"])
-    # p-value tests flag drift below the threshold; distance measures at or above it.
-    if "p_value" in config.get("method", ""):
-        return value < float(config["threshold"])
-    return value >= float(config["threshold"])
+    # Every configured method is a distance: drift at or above the threshold.
+    return float(metric["value"]) >= float(metric["config"]["threshold"])
 
 
-def reference_periods(champion_periods: list[int] | None, available: list[int], period: int) -> list[int]:
-    """The periods a new period's drift is measured against.
+def reference_periods(available: list[int], period: int, window: int) -> list[int]:
+    """The periods a new period's drift is measured against: the last ``window`` curated periods
+    before ``period`` (fewer at the start of the data; nothing for the very first period)."""
+    return [p for p in available if p < period][-window:]
 
-    The champion's training periods when there is a champion (drift that matters is drift from
-    what the model in production learnt); before the first champion, the latest curated period
-    before ``period``; nothing for the very first period.
-    """
-    if champion_periods is not None:
-        return list(champion_periods)
-    return [p for p in available if p < period][-1:]
+
+def reference_label(periods: list[int]) -> str:
+    """``2012-2014`` for a run of periods, ``2012,2014`` otherwise."""
+    if len(periods) > 1 and periods == list(range(periods[0], periods[-1] + 1)):
+        return f"{periods[0]}-{periods[-1]}"
+    return ",".join(map(str, periods))
 
 
 def drift_report(
@@ -58,8 +67,13 @@ def drift_report(
     features: tuple[str, ...],
     target: str,
     out_dir: Path,
+    policy: DriftPolicy,
+    *,
+    period: int,
+    reference_periods: list[int],
 ) -> DriftResult:
-    """Run the drift report of ``current`` against ``reference``; save it as HTML and JSON in ``out_dir``.
+    """Run the drift report of ``current`` (``period``) against ``reference`` (``reference_periods``);
+    save it as HTML and JSON in ``out_dir``, named ``drift_<period>_vs_<reference>``.
 
     Only ``features`` and ``target`` are compared: ids, names and row order are not data to drift on.
     """
@@ -69,20 +83,49 @@ def drift_report(
     from evidently.presets import DataDriftPreset
 
     columns = [f for f in features if f in current.columns and f in reference.columns]
-    report = Report([DataDriftPreset(columns=columns), ValueDrift(column=target)])
-    snapshot = report.run(current[[*columns, target]], reference[[*columns, target]])
+    label = reference_label(reference_periods)
+    report = Report(
+        [
+            DataDriftPreset(
+                columns=columns,
+                # The report's "Dataset Drift is detected" verdict uses the decision's own share.
+                drift_share=policy.max_drift_share if math.isfinite(policy.max_drift_share) else 1.0,
+                num_method=policy.numeric_method,
+                cat_method=policy.categorical_method,
+                threshold=policy.drift_threshold,
+            ),
+            ValueDrift(column=target, method=policy.numeric_method, threshold=policy.drift_threshold),
+        ]
+    )
+    title = (
+        f"Drift of {period} ({len(current)} rows) against {label} ({len(reference)} rows): "
+        f"{policy.numeric_method} (numeric, target), {policy.categorical_method} (categorical), "
+        f"drift at >= {policy.drift_threshold:g}"
+    )
+    snapshot = report.run(
+        _distribution_order(current[[*columns, target]], target),
+        _distribution_order(reference[[*columns, target]], target),
+        name=title,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
-    html_path, json_path = out_dir / "drift_report.html", out_dir / "drift_report.json"
-    store.write_atomic(html_path, lambda tmp: snapshot.save_html(str(tmp)))
+    stem = f"drift_{period}_vs_{label.replace(',', '_')}"
+    html_path, json_path = out_dir / f"{stem}.html", out_dir / f"{stem}.json"
+    store.write_text(html_path, _titled(snapshot.get_html_str(as_iframe=False), title, target))
     store.write_atomic(json_path, lambda tmp: snapshot.save_json(str(tmp)))
+    # A rerun against another reference replaces the period's report instead of adding one.
+    for stale in [*out_dir.glob("drift_*.html"), *out_dir.glob("drift_*.json")]:
+        if stale not in (html_path, json_path):
+            stale.unlink(missing_ok=True)
 
     scores: dict[str, float] = {}
     drifted: dict[str, bool] = {}
+    methods: dict[str, str] = {}
     for metric in snapshot.dict()["metrics"]:
         if metric["config"].get("type", "").endswith(":ValueDrift"):
             column = metric["config"]["column"]
             scores[column] = float(metric["value"])
             drifted[column] = _is_drifted(metric)
+            methods[column] = str(metric["config"]["method"])
     feature_flags = [drifted[c] for c in columns]
     result = DriftResult(
         drift_share=sum(feature_flags) / len(feature_flags) if feature_flags else 0.0,
@@ -91,11 +134,14 @@ def drift_report(
         column_drifted={c: drifted[c] for c in columns},
         target_drift_score=scores[target],
         target_drifted=drifted[target],
+        methods=methods,
         html_path=html_path,
         json_path=json_path,
     )
     logger.info(
-        "drift: %d of %d features drifted (%s); target %s (score %.3f); report %s",
+        "drift of %s against %s: %d of %d features drifted (%s); target %s (score %.3f); report %s",
+        period,
+        label,
         result.drifted_columns,
         len(columns),
         ", ".join(c for c in columns if drifted[c]) or "none",
@@ -104,3 +150,22 @@ def drift_report(
         html_path,
     )
     return result
+
+
+def _distribution_order(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """``frame`` sorted by the target, index reset.
+
+    Evidently plots a numeric column's "drift" tab against the row index ("Index binned"); sorted
+    by value, that plot reads as the period's quantiles against the reference band, a view of the
+    distribution. Row order carries no meaning here, and no test depends on it.
+    """
+    return frame.sort_values(target, kind="stable").reset_index(drop=True)
+
+
+def _titled(html: str, title: str, target: str) -> str:
+    """Evidently's HTML with ``title`` as its page title and heading (Evidently shows neither the
+    period nor the reference), and the row axis named for what it is after :func:`_distribution_order`."""
+    escaped = html_lib.escape(title)
+    html = html.replace("<head>", f"<head><title>{escaped}</title>", 1)
+    html = html.replace("<body>", f'<body><h2 style="font-family: sans-serif; margin: 16px">{escaped}</h2>', 1)
+    return html.replace('"Index binned"', json.dumps(f"rows in {target} order (binned)"))

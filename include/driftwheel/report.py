@@ -27,11 +27,23 @@ T_TARGET_DRIFTED = "flywheel.target_drifted"
 T_CHALLENGER = "flywheel.challenger_version"
 T_GATE = "flywheel.gate"
 T_GATE_REASON = "flywheel.gate_reason"
+T_GATE_RULE = "flywheel.gate_rule"
+T_DECISION_RULE = "flywheel.decision_rule"
 T_PROMOTED = "flywheel.promoted"
 T_CHAMPION = "flywheel.champion_version"
 T_DRIFT_REPORT = "flywheel.drift_report"
 # Outcome tags are cleared when a period is processed again, so a rerun cannot mix two outcomes.
-OUTCOME_TAGS = (T_DECISION, T_DECISION_REASON, T_CHALLENGER, T_GATE, T_GATE_REASON, T_PROMOTED, T_CHAMPION)
+OUTCOME_TAGS = (
+    T_DECISION,
+    T_DECISION_REASON,
+    T_DECISION_RULE,
+    T_CHALLENGER,
+    T_GATE,
+    T_GATE_REASON,
+    T_GATE_RULE,
+    T_PROMOTED,
+    T_CHAMPION,
+)
 
 
 # MLflow 3's UI opens an experiment on its GenAI traces page unless the experiment's kind tag says
@@ -114,6 +126,10 @@ class PeriodRow:
     promoted: bool
     champion_version: str | None  # the champion after the period (a promotion moves it)
     status: str
+    # The gate's paired comparison: challenger RMSE minus the champion's (else the baseline's),
+    # with its bounds; which rule decided the retrain.
+    gate_difference: tuple[float, float, float] | None = None
+    decision_rule: str | None = None
 
     @property
     def outcome(self) -> str:
@@ -158,9 +174,18 @@ def period_table(client: MlflowClient, experiment: str) -> list[PeriodRow]:
                 promoted=tags.get(T_PROMOTED) == "True",
                 champion_version=tags.get(T_CHAMPION),
                 status=run.info.status,
+                gate_difference=_gate_difference(metrics) if tags.get(T_CHALLENGER) else None,
+                decision_rule=tags.get(T_DECISION_RULE),
             )
         )
     return sorted(rows, key=lambda r: r.year)
+
+
+def _gate_difference(metrics: Mapping[str, float]) -> tuple[float, float, float] | None:
+    for name in ("vs_champion", "vs_baseline"):
+        if all(k in metrics for k in (name, f"{name}_low", f"{name}_high")):
+            return metrics[name], metrics[f"{name}_low"], metrics[f"{name}_high"]
+    return None
 
 
 def _num(value: float | None, fmt: str = ".2f") -> str:
@@ -169,6 +194,14 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
 
 def _target_drift(row: PeriodRow) -> str:
     return "-" if row.target_drift is None else f"{row.target_drift:.2f}{' *' if row.target_drifted else ''}"
+
+
+def _decision(row: PeriodRow) -> str:
+    return f"{row.decision} ({row.decision_rule})" if row.decision_rule else row.decision
+
+
+def _gate_cell(row: PeriodRow) -> str:
+    return "-" if row.gate_difference is None else "{:+.2f} [{:+.2f}, {:+.2f}]".format(*row.gate_difference)
 
 
 @dataclass(frozen=True)
@@ -186,13 +219,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("rows", "tracks of the year that passed validation", lambda r: "-" if r.rows is None else str(r.rows)),
     Column(
         "drift share",
-        "share of features Evidently finds drifted against the champion's training years",
+        "share of features whose drift distance to the reference window (the last labelled years) is at or above "
+        "the threshold (normed Wasserstein for numbers, Jensen-Shannon for categories)",
         lambda r: _num(r.drift_share),
     ),
     Column(
         "target drift",
-        "Evidently's drift score of the label; the test depends on the batch size (a p-value, drifted when "
-        "low, for small batches; a distance, drifted when high, for large ones): * = drifted",
+        "normed Wasserstein distance of the label to the reference window, the same test at every size "
+        "(larger = more drift); * = at or above the drift threshold",
         _target_drift,
     ),
     Column(
@@ -205,7 +239,11 @@ COLUMNS: tuple[Column, ...] = (
         "last year's mean popularity as the prediction, on the same rows as prod RMSE",
         lambda r: _num(r.baseline_rmse),
     ),
-    Column("decision", "retrain or skip, by the drift policy (reason on the MLflow run)", lambda r: r.decision),
+    Column(
+        "decision (rule)",
+        "retrain or skip, and the rule of the drift policy that fired (numbers on the MLflow run)",
+        _decision,
+    ),
     Column(
         "challenger RMSE",
         "the model retrained this year, on the year's held-out split the gate judges",
@@ -213,6 +251,12 @@ COLUMNS: tuple[Column, ...] = (
     ),
     Column(
         "held-out n", "rows in that held-out split", lambda r: "-" if r.heldout_rows is None else str(r.heldout_rows)
+    ),
+    Column(
+        "gate ΔRMSE [bounds]",
+        "challenger's held-out RMSE minus the champion's (the baseline's for a first model), with the paired "
+        "bootstrap bounds the gate decided on (< 0: the challenger is better)",
+        _gate_cell,
     ),
     Column(
         "promoted",

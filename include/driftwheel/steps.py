@@ -54,12 +54,6 @@ def _features(frame: pd.DataFrame, settings: Settings) -> tuple[str, ...]:
     return tuple(f for f in settings.dataset.features if f in frame.columns)
 
 
-def _training_periods(version: Any) -> list[int]:
-    from driftwheel import registry
-
-    return [int(p) for p in version.tags[registry.T_TRAINING_PERIODS].split(",")]
-
-
 def _door(settings: Settings) -> Door:
     from driftwheel import ledger, registry
 
@@ -192,7 +186,7 @@ def _champion_predictions(
 
 
 def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """Drift of the period against the champion's training data, and the champion's production RMSE.
+    """Drift of the period against the last labelled periods, and the champion's production RMSE.
 
     The champion is scored on the whole new period before anything is trained on it; its
     predictions are kept (under the state's ``scores/year=<period>``) for the gate. The reference
@@ -211,15 +205,20 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
     champion = registry.champion_for_period(client, settings.model_name, period)
 
     reference_periods = drift_lib.reference_periods(
-        _training_periods(champion) if champion is not None else None,
-        store.available_periods(settings.curated_dir),
-        period,
+        store.available_periods(settings.curated_dir), period, settings.drift.reference_window
     )
     drift = None
     if reference_periods:
         reference = store.read_partitions(settings.curated_dir, reference_periods)
         drift = drift_lib.drift_report(
-            current, reference, _features(current, settings), spec.target, settings.reports_dir / f"year={period}"
+            current,
+            reference,
+            _features(current, settings),
+            spec.target,
+            settings.reports_dir / f"year={period}",
+            settings.drift,
+            period=period,
+            reference_periods=reference_periods,
         )
         client.log_artifact(run_id, str(drift.html_path), "drift")
         client.log_artifact(run_id, str(drift.json_path), "drift")
@@ -252,6 +251,11 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
         production_rmse=production_rmse,
         champion_version=str(champion.version) if champion else None,
         champion_holdout_rmse=holdout_rmse,
+        champion_trained_through=(
+            int(champion.tags[registry.T_TRAINED_THROUGH])
+            if champion is not None and registry.T_TRAINED_THROUGH in champion.tags
+            else None
+        ),
     )
     report.record(
         client,
@@ -269,6 +273,13 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
             report.T_DRIFT_REPORT: str(drift.html_path) if drift else None,
             "flywheel.production_champion": summary.champion_version,
             "flywheel.reference_periods": ",".join(map(str, reference_periods)) or None,
+            # What the drift numbers are: distances (larger = more drift), the same at every size.
+            "flywheel.drift_tests": (
+                f"{settings.drift.numeric_method} (numeric, target), {settings.drift.categorical_method} "
+                f"(categorical), drift at >= {settings.drift.drift_threshold:g}"
+            )
+            if drift
+            else None,
         },
     )
     if champion is not None and production_rmse is not None:
@@ -296,7 +307,11 @@ def decide_retrain(settings: Settings, drift_summary: dict[str, Any]) -> Decisio
     report.record(
         _client(settings),
         drift_summary["mlflow_run_id"],
-        tags={report.T_DECISION: decision.action, report.T_DECISION_REASON: decision.reason[:500]},
+        tags={
+            report.T_DECISION: decision.action,
+            report.T_DECISION_REASON: decision.reason[:500],
+            report.T_DECISION_RULE: decision.rule,
+        },
     )
     logger.info("period %s: %s (%s)", summary.period, decision.action, decision.reason)
     return decision
@@ -412,9 +427,14 @@ def _gate(
 
     if version is None:
         reason = f"no challenger: {refused or 'none was registered'}"
-        report.record(client, run_id, tags={report.T_GATE: "rejected", report.T_GATE_REASON: reason[:500]})
+        report.record(
+            client,
+            run_id,
+            tags={report.T_GATE: "rejected", report.T_GATE_REASON: reason[:500], report.T_GATE_RULE: "no_challenger"},
+        )
         return {"passed": False, "reason": reason, "challenger_rmse": None, "champion_rmse": None,
-                "baseline_rmse": None, "holdout_rows": 0, "version": None}  # fmt: skip
+                "baseline_rmse": None, "holdout_rows": 0, "vs_champion": None, "vs_baseline": None,
+                "rule": "no_challenger", "version": None}  # fmt: skip
     spec = settings.dataset
     current = store.read_partition(settings.curated_dir, period)
     held_out = evaluate.holdout_mask(current[spec.id_column], settings.gate.holdout_fraction)
@@ -423,44 +443,64 @@ def _gate(
     # Models score the whole period and are judged on its held-out rows: batch features (tracks
     # per artist in the batch) describe the period as it arrived, not a fifth of it.
     challenger_version = client.get_model_version(settings.model_name, version)
-    challenger_rmse = evaluate.rmse(y, registry.load_trained(client, challenger_version).predict(current)[held_out])
+    challenger_pred = np.asarray(registry.load_trained(client, challenger_version).predict(current), dtype=float)
+    challenger_pred = challenger_pred[held_out]
     champion = client.get_model_version(settings.model_name, champion_version) if champion_version else None
-    champion_rmse = (
-        evaluate.rmse(y, _champion_predictions(client, settings, period, champion, current)[held_out])
-        if champion
-        else None
-    )
+    champion_pred = _champion_predictions(client, settings, period, champion, current)[held_out] if champion else None
     baseline_level = evaluate.baseline_level(settings.curated_dir, period, current, spec.target, held_out)
-    baseline_rmse = evaluate.rmse(y, np.full(len(y), baseline_level))
 
-    gate = evaluate.passes_gate(challenger_rmse, champion_rmse, baseline_rmse, settings.gate, holdout_rows=len(y))
+    gate = evaluate.passes_gate(y, challenger_pred, champion_pred, np.full(len(y), baseline_level), settings.gate)
+    evidence = gate_evidence(gate)
     for key, value in (
-        (registry.T_HOLDOUT_RMSE, f"{challenger_rmse:.4f}"),
-        ("flywheel.gate.champion_rmse", "" if champion_rmse is None else f"{champion_rmse:.4f}"),
+        (registry.T_HOLDOUT_RMSE, f"{gate.challenger_rmse:.4f}"),
+        ("flywheel.gate.champion_rmse", "" if gate.champion_rmse is None else f"{gate.champion_rmse:.4f}"),
         ("flywheel.gate.champion_version", champion_version or ""),
-        ("flywheel.gate.baseline_rmse", f"{baseline_rmse:.4f}"),
-        ("flywheel.gate.holdout_rows", str(len(y))),
+        ("flywheel.gate.baseline_rmse", f"{gate.baseline_rmse:.4f}"),
         ("flywheel.gate.passed", str(gate.passed)),
+        ("flywheel.gate.holdout_rows", str(gate.holdout_rows)),
+        ("flywheel.gate.rule", gate.rule),
+        *((f"flywheel.gate.{k}", f"{v:.4f}") for k, v in evidence.items() if k != "holdout_rows"),
     ):
         client.set_model_version_tag(settings.model_name, version, key, value)
     report.record(
         client,
         run_id,
         metrics={
-            "challenger_rmse": challenger_rmse,
-            "champion_holdout_rmse": champion_rmse,
-            "baseline_rmse": baseline_rmse,
-            "holdout_rows": len(y),
+            "challenger_rmse": gate.challenger_rmse,
+            "champion_holdout_rmse": gate.champion_rmse,
+            "baseline_rmse": gate.baseline_rmse,
+            **evidence,
         },
-        tags={report.T_GATE: "passed" if gate.passed else "rejected", report.T_GATE_REASON: gate.reason[:500]},
+        tags={
+            report.T_GATE: "passed" if gate.passed else "rejected",
+            report.T_GATE_REASON: gate.reason[:500],
+            report.T_GATE_RULE: gate.rule,
+        },
     )
     logger.info("gate for v%s on %s: %s", version, period, gate.reason)
-    return {**dataclasses.asdict(gate), "holdout_rows": len(y), "version": version}
+    return {**dataclasses.asdict(gate), "version": version}
+
+
+def gate_evidence(gate: evaluate.GateResult) -> dict[str, float]:
+    """The gate's evidence as flat numbers: held-out n and each paired difference with its bounds
+    (``vs_champion``, ``vs_baseline``: challenger RMSE minus the other's; < 0 = challenger better).
+    These names are the MLflow metrics of the period run and the ``flywheel.gate.*`` version tags."""
+    evidence: dict[str, float] = {"holdout_rows": float(gate.holdout_rows)}
+    for name, interval in (("vs_champion", gate.vs_champion), ("vs_baseline", gate.vs_baseline)):
+        if interval is not None:
+            evidence |= {name: interval.difference, f"{name}_low": interval.low, f"{name}_high": interval.high}
+    return evidence
 
 
 def _gate_metrics(gate: dict[str, Any] | None) -> dict[str, float | None]:
+    if not gate:
+        return {}
     keys = ("challenger_rmse", "champion_rmse", "baseline_rmse", "holdout_rows")
-    return {k: gate.get(k) for k in keys} if gate else {}
+    metrics = {k: gate.get(k) for k in keys}
+    for name in ("vs_champion", "vs_baseline"):  # the paired differences and their upper bounds
+        if gate.get(name):
+            metrics |= {name: gate[name]["difference"], f"{name}_high": gate[name]["high"]}
+    return metrics
 
 
 def promote_champion(

@@ -226,7 +226,9 @@ def demo(args: argparse.Namespace) -> int:
             f"{len(durations)} task instances: {in_tasks:.0f} s inside tasks, "
             f"{(backfill_seconds - in_tasks) / len(durations):.1f} s of scheduling per task on top"
         )
-    print(f"drift reports: {settings.reports_dir}/year=<YYYY>/drift_report.html (also attached to each MLflow run)")
+    print(
+        f"drift reports: {settings.reports_dir}/year=<YYYY>/drift_<YYYY>_vs_<reference>.html (also attached to each MLflow run)"
+    )
     print("the timeline: python -m driftwheel report  (or the Flywheel menu of the Airflow UI)")
     if args.api_port == DEFAULT_API_PORT:
         print(f"look around: make ui  (Airflow on :{DEFAULT_API_PORT}, MLflow on :{DEFAULT_MLFLOW_PORT})")

@@ -163,7 +163,7 @@ def run_replay(args: argparse.Namespace) -> int:
     print(report.format_legend())
     print()
     print(f"{len(finished)} years in {time.perf_counter() - started:.0f} s")
-    print(f"drift reports: {settings.reports_dir}/year=<YYYY>/drift_report.html")
+    print(f"drift reports: {settings.reports_dir}/year=<YYYY>/drift_<YYYY>_vs_<reference>.html")
     print(f"MLflow store: {settings.tracking_uri} (experiment {settings.experiment_name}); "
           f"rerunning a year is idempotent, deleting {settings.state_dir} starts over")  # fmt: skip
     return 0

@@ -83,6 +83,9 @@ def flywheel(fresh_database: Callable[[str], str]) -> Iterator[Flywheel]:
             "FLYWHEEL_MODEL_NAME": MODEL,
             "FLYWHEEL_LAST_YEAR": "2020",
             "FLYWHEEL_COLUMN_MAP": str(state_dir / COLUMN_MAP),
+            # Retrain on schedule every second year (the default is every year), so that both
+            # branches run: a stable year in between is skipped.
+            "FLYWHEEL_MAX_MODEL_AGE": "2",
         },
     )
     with LocalStack(config) as stack:

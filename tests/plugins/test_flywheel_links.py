@@ -45,7 +45,7 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
 def _write_report(state: Path, year: int, body: str) -> None:
     folder = state / "reports" / f"year={year}"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "drift_report.html").write_text(f"<html><body>{body}</body></html>")
+    (folder / f"drift_{year}_vs_{year - 3}-{year - 1}.html").write_text(f"<html><body>{body}</body></html>")
 
 
 def _client(plugin: ModuleType, *, logged_in: bool = True, ui_url: str = "http://mlflow.test:5000"):

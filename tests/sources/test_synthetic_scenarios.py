@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from driftwheel.config import SPOTIFY_AUDIO_FEATURES, SyntheticConfig
+from driftwheel.config import SPOTIFY_AUDIO_FEATURES, DriftPolicy, SyntheticConfig
 from driftwheel.drift import drift_report
 from driftwheel.scenarios import CONCEPT_FEATURES, COVARIATE_FEATURES, PRESETS, Scenario
 from driftwheel.sources import synthetic
@@ -186,7 +186,16 @@ def test_the_drift_test_flags_nothing_on_stable_data_and_the_declared_change_oth
 
     def report(name: str, year: int) -> tuple[set[str], bool]:
         current = generate_year(year, CONFIG, PRESETS[name])
-        result = drift_report(current, reference, SPOTIFY_AUDIO_FEATURES, "popularity", tmp_path / f"{name}{year}")
+        result = drift_report(
+            current,
+            reference,
+            SPOTIFY_AUDIO_FEATURES,
+            "popularity",
+            tmp_path / f"{name}{year}",
+            DriftPolicy(),
+            period=year,
+            reference_periods=list(range(2008, 2015)),
+        )
         return {
             c for c, drifted in result.column_drifted.items() if drifted and c != "popularity"
         }, result.target_drifted
