@@ -50,7 +50,7 @@ def test_replay_on_the_synthetic_source_prints_the_demos_table_from_its_own_stat
     rows = _table(replayed.stdout)
     assert [r[0] for r in rows] == ["| 2008", "| 2009", "| 2010"]
     cold_start, after = _columns(replayed.stdout)[1:3]
-    assert (cold_start["decision"], cold_start["promoted"], cold_start["champion"]) == (
+    assert (cold_start["decision (rule)"], cold_start["promoted"], cold_start["champion"]) == (
         "retrain (cold_start)",
         "yes",
         "v1",
@@ -85,7 +85,7 @@ def test_replay_on_a_csv_file_takes_its_years_from_the_file_and_never_writes_it(
     assert "replaying 2010-2012" in replayed.stdout
     rows = _table(replayed.stdout)
     assert [(r[0], r[1]) for r in rows] == [("| 2010", "300"), ("| 2011", "300"), ("| 2012", "300")]
-    assert (_columns(replayed.stdout)[1]["decision"], _columns(replayed.stdout)[1]["promoted"]) == (
+    assert (_columns(replayed.stdout)[1]["decision (rule)"], _columns(replayed.stdout)[1]["promoted"]) == (
         "retrain (cold_start)",
         "yes",
     )

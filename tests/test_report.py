@@ -122,10 +122,10 @@ def test_the_table_has_a_column_per_legend_line(rows: list[report.PeriodRow]) ->
     table = report.format_table(rows).splitlines()
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header == [
-        "year", "rows", "drift share", "target drift", "prod RMSE", "baseline RMSE", "decision",
-        "challenger RMSE", "held-out n", "promoted", "champion",
+        "year", "rows", "drift share", "target drift", "prod RMSE", "baseline RMSE",
+        "decision (rule)", "challenger RMSE", "held-out n", "gate ΔRMSE [bounds]", "promoted", "champion",
     ]  # fmt: skip
-    assert table[4] == "| 2012 | 520 | 0.50 | 0.30 * | 11.00 | 12.00 | retrain | 11.50 | 104 | no | v1 |"
+    assert table[4] == "| 2012 | 520 | 0.50 | 0.30 * | 11.00 | 12.00 | retrain | 11.50 | 104 | - | no | v1 |"
     legend = report.format_legend().splitlines()
     assert [line.split(":")[0] for line in legend] == [f"- {h}" for h in header]
 
