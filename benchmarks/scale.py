@@ -60,17 +60,20 @@ class StepMeasure:
     period: int
     step: str
     seconds: float  # inside the step function, in its own process (its imports included)
+    cpu_seconds: float  # CPU time of the step function: what it costs when no other process competes
     process_seconds: float  # the process as a whole: interpreter start to result
     peak_rss_mb: float
 
 
-def _measured(function: Callable[..., _R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[_R, float, float]:
-    """In the step's own process: (result, seconds, peak RSS in MB)."""
+def _measured(
+    function: Callable[..., _R], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[_R, float, float, float]:
+    """In the step's own process: (result, seconds, CPU seconds, peak RSS in MB)."""
     logging.basicConfig(level=logging.WARNING, format="    %(levelname)s %(name)s: %(message)s")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     result = function(*args, **kwargs)
-    seconds = time.perf_counter() - started
-    return result, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return result, seconds, cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 @dataclass
@@ -88,11 +91,11 @@ class ProcessPerStep:
         # One process per step: a spawned interpreter, like a DAG task, so nothing (imports, peak
         # memory) is inherited from the steps before.
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            result, seconds, peak = pool.submit(_measured, function, args, kwargs).result()
-        measure = StepMeasure(period, name, seconds, time.perf_counter() - started, peak)
+            result, seconds, cpu, peak = pool.submit(_measured, function, args, kwargs).result()
+        measure = StepMeasure(period, name, seconds, cpu, time.perf_counter() - started, peak)
         self.measures.append(measure)
         print(
-            f"  rows={self.rows:>9,} {period} {name:<20} {seconds:7.1f} s  (process {measure.process_seconds:6.1f} s)"
+            f"  rows={self.rows:>9,} {period} {name:<20} {seconds:7.1f} s  (CPU {cpu:6.1f} s, process {measure.process_seconds:6.1f} s)"
             f"  peak {peak:7.0f} MB",
             flush=True,
         )
@@ -146,6 +149,8 @@ def run_size(rows: int, out: Path, first_year: int) -> dict[str, Any]:
         "production_rmse": scored_outcome.drift["production_rmse"],
         "challenger_rmse": gate.get("challenger_rmse"),
         "baseline_rmse": gate.get("baseline_rmse"),
+        "cpu_seconds": round(sum(m.cpu_seconds for m in scored_steps), 2),
+        "cold_start_cpu_seconds": round(cold.cpu_seconds, 2),
         "process_seconds": round(sum(m.process_seconds for m in scored_steps), 2),
         "wall_seconds": round(wall, 1),
         "measures": [dataclasses.asdict(m) for m in runner.measures],
