@@ -1,10 +1,12 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tracks import make_tracks
 
 from driftwheel.config import SPOTIFY_AUDIO_FEATURES, DriftPolicy
-from driftwheel.drift import drift_report, reference_periods
+from driftwheel.drift import drift_report, reference_periods, sample_rows
+from driftwheel.evaluate import holdout_mask
 
 
 def _report(current, reference, out: Path, features=SPOTIFY_AUDIO_FEATURES):  # type: ignore[no-untyped-def]
@@ -59,3 +61,35 @@ def test_reference_is_a_fixed_window_of_the_last_labelled_periods() -> None:
     # A rerun of an earlier period ignores later ones; the start of the data has fewer.
     assert reference_periods(available, 2010, 3) == [2008, 2009]
     assert reference_periods(available, 2008, 3) == []
+
+
+# -- the drift sample ---------------------------------------------------------------------------------
+def test_a_frame_within_the_sample_size_is_compared_whole() -> None:
+    frame = make_tracks(2010, n=500)
+    assert sample_rows(frame, 500, "track_id") is frame
+    # The default sample never bites on the seed data: ~2,000 rows a year, 7 warm-up years pooled.
+    assert DriftPolicy().report_rows >= 7 * 2_000
+
+
+def test_the_sample_is_uniform_sized_and_follows_the_rows_not_their_order() -> None:
+    frame = make_tracks(2010, n=3000)
+    sample = sample_rows(frame, 1000, "track_id")
+    assert len(sample) == 1000 and sample["track_id"].is_unique
+    shuffled = sample_rows(frame.sample(frac=1.0, random_state=3), 1000, "track_id")
+    assert set(shuffled["track_id"]) == set(sample["track_id"])  # the same rows, whatever their order
+    # Uniform: the sample keeps the period's distribution (means within a few standard errors).
+    for column in ("danceability", "tempo", "popularity"):
+        assert abs(sample[column].mean() - frame[column].mean()) < 4 * frame[column].std() / np.sqrt(1000)
+    # Independent of the holdout split, which hashes the same ids: about a fifth of the sample is held out.
+    held_out = holdout_mask(sample["track_id"], 0.2).mean()
+    assert 0.15 < held_out < 0.25
+
+
+def test_a_sampled_report_flags_the_same_shift_as_the_whole_period(tmp_path: Path) -> None:
+    reference = make_tracks(2010, n=6000)
+    current = make_tracks(2011, n=6000, level=58, shift=0.25)
+    whole = _report(current, reference, tmp_path / "whole")
+    sampled = _report(
+        sample_rows(current, 2000, "track_id"), sample_rows(reference, 2000, "track_id"), tmp_path / "sampled"
+    )
+    assert sampled.column_drifted == whole.column_drifted and sampled.target_drifted == whole.target_drifted

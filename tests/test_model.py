@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +68,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 # -- trend_residual --------------------------------------------------------------------------------
 import pandas as pd  # noqa: E402
 
+from driftwheel import model as model_module  # noqa: E402
 from driftwheel.config import DatasetSpec, TrendResidualConfig  # noqa: E402
 from driftwheel.model import (  # noqa: E402
     TrendResidualModel,
@@ -172,3 +174,45 @@ def test_a_fine_tune_keeps_its_parents_network_shape_in_its_config(tmp_path: Pat
     child = fine_tune_trend_residual(parent, new, np.ones(len(new), dtype=bool), wider)
     assert (child.config.ensemble_size, child.config.hidden) == (parent.config.ensemble_size, parent.config.hidden)
     assert isinstance(load(save(child, tmp_path)), TrendResidualModel)  # the saved shape matches the weights
+
+
+# -- bounded training and batched scoring ------------------------------------------------------------
+def _with_cap(cap: int) -> TrainingConfig:
+    return dataclasses.replace(SMALL, trend_residual=dataclasses.replace(SMALL.trend_residual, max_fit_rows=cap))
+
+
+def test_a_cap_above_the_rows_changes_nothing() -> None:
+    past = pd.concat([_artist_year(y, seed=y) for y in (2010, 2011, 2012)], ignore_index=True)
+    fit, columns = np.ones(len(past), dtype=bool), feature_columns(DatasetSpec(), past)
+    assert TrendResidualConfig().max_fit_rows >= 14_000  # the seed data's largest training: never capped
+    default = train_trend_residual(past, fit, columns, SMALL)
+    at_size = train_trend_residual(past, fit, columns, _with_cap(len(past)))
+    for a, b in zip(default.nets[0].parameters(), at_size.nets[0].parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_capped_training_fits_a_sample_chosen_by_content_and_keeps_every_label() -> None:
+    past = pd.concat([_artist_year(y, seed=y) for y in (2010, 2011, 2012)], ignore_index=True)
+    fit, columns = np.ones(len(past), dtype=bool), feature_columns(DatasetSpec(), past)
+    capped = train_trend_residual(past, fit, columns, _with_cap(200))
+    uncapped = train_trend_residual(past, fit, columns, SMALL)
+    assert not torch.equal(capped.nets[0].layers[0].weight, uncapped.nets[0].layers[0].weight)
+    # The sample depends on what the rows hold, not on their order: shuffled input, same model.
+    shuffled = past.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    again = train_trend_residual(shuffled, fit, columns, _with_cap(200))
+    for a, b in zip(capped.nets[0].parameters(), again.nets[0].parameters()):
+        assert torch.equal(a, b)
+    # Labels, level and replay buffer still come from every row; only the epochs see fewer.
+    assert capped.history.period_means.equals(uncapped.history.period_means)
+    assert len(capped.replay) == 300 and capped.replay.equals(uncapped.replay)
+    child = fine_tune_trend_residual(capped, _artist_year(2013, seed=13), np.ones(300, dtype=bool), _with_cap(100))
+    assert 2013 in child.history.periods
+
+
+def test_scoring_in_slices_gives_the_same_predictions(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = _trained()
+    batch = _artist_year(2013, seed=77)
+    whole = model.predict(batch)
+    monkeypatch.setattr(model_module, "PREDICT_BATCH_ROWS", 7)  # 300 rows in 43 slices
+    # float32 matrix products round differently by slice size: far below a popularity point.
+    np.testing.assert_allclose(model.predict(batch), whole, rtol=0, atol=1e-4)

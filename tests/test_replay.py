@@ -6,6 +6,9 @@ and tests/test_champion_door.py, which run their periods through it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from tracks import land, make_tracks
@@ -19,7 +22,13 @@ def test_replay_returns_the_table_rows_and_reports_each_period(settings: Setting
     for year, level in ((2010, 52), (2011, 52), (2012, 60)):
         land(settings, year, make_tracks(year, n=500, level=level, seed=year))
     outcomes: list[PeriodOutcome] = []
-    rows = replay(settings, [2010, 2011, 2012], on_period=outcomes.append)
+    called: list[str] = []
+
+    def recording(name: str, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        called.append(name)  # a runner sees every step, by its DAG task id (the scale benchmark's hook)
+        return function(*args, **kwargs)
+
+    rows = replay(settings, [2010, 2011, 2012], on_period=outcomes.append, run=recording)
 
     client = registry.connect(settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment_name)
@@ -34,6 +43,12 @@ def test_replay_returns_the_table_rows_and_reports_each_period(settings: Setting
     # The table's baseline (last year's mean on the whole year) and the gate's held-out size.
     assert rows[0].baseline_rmse is None and rows[2].baseline_rmse is not None and rows[2].baseline_rmse > 0
     assert rows[1].heldout_rows == cold_start.gate["holdout_rows"] > 0
+    starts = [i for i, name in enumerate(called) if name == "ingest_tracks"]  # one per period
+    cold_start_steps = called[starts[1] : starts[2]]
+    assert cold_start_steps == [
+        "ingest_tracks", "validate_tracks", "report_drift", "decide_retrain",
+        "retrain_model", "evaluate_challenger", "promote_champion", "finish_period",
+    ]  # fmt: skip
 
 
 def test_a_failed_period_stops_the_replay_and_ends_its_mlflow_run_as_failed(settings: Settings) -> None:

@@ -210,6 +210,11 @@ class DriftPolicy:
     numeric_method: Literal["wasserstein", "jensenshannon", "psi", "hellinger"] = "wasserstein"
     categorical_method: Literal["jensenshannon", "psi", "hellinger"] = "jensenshannon"
     drift_threshold: PositiveFloat = 0.1
+    # The drift report compares at most this many rows of the period and of the reference (each a
+    # uniform sample, driftwheel.drift.sample_rows); the champion still scores every row. At this
+    # size each column's test already detects shifts far below the threshold that flags a column
+    # (docs/benchmark/scale.md); the seed data (~2,000 rows a year, 14,000 pooled) is never sampled.
+    report_rows: PositiveInt = 50_000
 
 
 @dataclass(frozen=True, config=_STRICT_FIELDS)
@@ -275,6 +280,11 @@ class TrendResidualConfig:
     replay_share: NonNegativeFloat = 0.5
     # Earlier rows kept in the model artifact to replay from (a uniform sample of all seen rows).
     replay_buffer_rows: NonNegativeInt = 4000
+    # A training (from scratch or fine-tune) fits at most this many rows: beyond, a uniform sample
+    # (the rows with the smallest content hash, as the replay buffer). The label history, the
+    # level and the batch features still use every row. Trainings on the seed data fit <= 14,000
+    # rows, so the cap never bites there; at a million rows a period it bounds the epochs' cost.
+    max_fit_rows: PositiveInt = 100_000
     # Label-history features and the trend: shrinkage pseudo-count, yearly decay, trend window.
     features: FeatureConfig = field(default_factory=FeatureConfig)
 
@@ -324,6 +334,7 @@ class TrainingConfig:
                 "batch_size": cfg.batch_size,
                 "weight_decay": cfg.weight_decay,
                 "replay_buffer_rows": cfg.replay_buffer_rows,
+                "max_fit_rows": cfg.max_fit_rows,
                 "features": dataclasses.asdict(cfg.features),
             }
             if from_parent:

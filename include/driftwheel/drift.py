@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from driftwheel import store
@@ -59,6 +60,24 @@ def reference_label(periods: list[int]) -> str:
     if len(periods) > 1 and periods == list(range(periods[0], periods[-1] + 1)):
         return f"{periods[0]}-{periods[-1]}"
     return ",".join(map(str, periods))
+
+
+# Salts the row hash of the drift sample: it must not follow the holdout split, which hashes the same ids.
+_SAMPLE_HASH_KEY = "driftwheel-drift"  # pandas takes a 16-character key
+
+
+def sample_rows(frame: pd.DataFrame, max_rows: int, key: str) -> pd.DataFrame:
+    """``frame`` itself if it has at most ``max_rows`` rows; else a uniform sample of ``max_rows`` rows.
+
+    The sample is the rows whose ``key`` (the id) hashes lowest, in ``frame``'s order: it depends
+    on what the rows hold, never on where they sit, so a rerun compares the same rows. Why a
+    sample is enough is in docs/benchmark/scale.md (the tests' power at that size).
+    """
+    if len(frame) <= max_rows:
+        return frame
+    hashes = pd.util.hash_pandas_object(frame[key].astype(str), index=False, hash_key=_SAMPLE_HASH_KEY).to_numpy()
+    chosen = np.sort(np.argpartition(hashes, max_rows - 1)[:max_rows])
+    return frame.iloc[chosen].reset_index(drop=True)
 
 
 def drift_report(

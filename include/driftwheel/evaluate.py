@@ -62,7 +62,7 @@ def holdout_mask(ids: pd.Series, fraction: float) -> np.ndarray:
 def previous_level(curated_dir: Path, period: int, target: str) -> float | None:
     """The previous period's mean label (known before ``period``'s labels are); None without one."""
     if store.has_partition(curated_dir, period - 1):
-        return float(store.read_partition(curated_dir, period - 1)[target].mean())
+        return float(store.read_partition(curated_dir, period - 1, columns=[target])[target].mean())
     return None
 
 

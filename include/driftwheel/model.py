@@ -42,6 +42,8 @@ WEIGHTS_FILE = "weights.pt"
 PREPROCESSING_FILE = "preprocessing.json"
 HISTORY_FILE = "history.parquet"
 REPLAY_FILE = "replay.parquet"
+# Rows scored at once by TrendResidualModel.predict_residual.
+PREDICT_BATCH_ROWS = 65_536
 
 
 class PopularityNet(nn.Module):
@@ -299,12 +301,15 @@ class TrendResidualModel:
         return self.level(frame[self.columns.period]) + self.predict_residual(x)
 
     def predict_residual(self, x: pd.DataFrame) -> np.ndarray:
-        scaled = self._scale(x)
+        # In slices of PREDICT_BATCH_ROWS rows: a million rows' hidden activations at once would
+        # cost a gigabyte. Each row's prediction depends on that row only.
+        outputs = np.empty((len(self.nets), len(x)))
         with torch.no_grad():
-            outputs = []
-            for net in self.nets:
-                net.eval()
-                outputs.append(net(scaled).numpy().astype(np.float64))
+            for start in range(0, len(x), PREDICT_BATCH_ROWS):
+                scaled = self._scale(x.iloc[start : start + PREDICT_BATCH_ROWS])
+                for i, net in enumerate(self.nets):
+                    net.eval()
+                    outputs[i, start : start + len(scaled)] = net(scaled).numpy()
         return np.mean(outputs, axis=0) * self.residual_std
 
     def _scale(self, x: pd.DataFrame) -> torch.Tensor:
@@ -339,6 +344,15 @@ def _replay_buffer(rows: pd.DataFrame, size: int) -> pd.DataFrame:
     return rows.sort_values("row_key", kind="stable").head(size).reset_index(drop=True)
 
 
+def _fit_sample(rows: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+    """The rows a training fits: all of ``rows`` (sorted by ``row_key``) up to ``max_rows``, else the
+    ``max_rows`` with the smallest keys, a uniform sample since the keys are content hashes."""
+    if len(rows) > max_rows:
+        logger.info("fitting a uniform sample of %d of %d rows (max_fit_rows)", max_rows, len(rows))
+        return rows.head(max_rows)
+    return rows
+
+
 def _fit_residual(
     net: ResidualNet, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, config: TrendResidualConfig, seed: int
 ) -> list[float]:
@@ -363,6 +377,8 @@ def train_trend_residual(
     features = tuple(c for c in rows.columns if c not in ("residual", "period", "row_key"))
     built = time.perf_counter()
     rows = rows.sort_values("row_key", kind="stable")
+    buffer = _replay_buffer(rows, cfg.replay_buffer_rows)
+    rows = _fit_sample(rows, cfg.max_fit_rows)
     x = rows[list(features)].to_numpy(np.float64)
     mean, std = x.mean(axis=0), x.std(axis=0)
     std[~(std > 0)] = 1.0  # a constant column carries no signal; keep it harmless
@@ -387,7 +403,7 @@ def train_trend_residual(
         std,
         residual_std,
         history,
-        _replay_buffer(rows, cfg.replay_buffer_rows),
+        buffer,
         train_seconds=finished - built,
         feature_seconds=built - started,
         epoch_losses=losses,
@@ -419,7 +435,9 @@ def fine_tune_trend_residual(
     n_replay = min(len(old), int(round(cfg.replay_share * len(new_rows))))
     rng = np.random.default_rng([config.seed, max(replaced)])
     replayed = old.iloc[np.sort(rng.choice(len(old), size=n_replay, replace=False))] if n_replay else old.head(0)
-    rows = pd.concat([new_rows, replayed], ignore_index=True).sort_values("row_key", kind="stable")
+    rows = _fit_sample(
+        pd.concat([new_rows, replayed], ignore_index=True).sort_values("row_key", kind="stable"), cfg.max_fit_rows
+    )
     scaled_x = torch.from_numpy(
         ((rows[list(parent.features)].to_numpy(np.float64) - parent.feature_mean) / parent.feature_std).astype(
             np.float32

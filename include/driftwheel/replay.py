@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from driftwheel import steps
 from driftwheel.config import Settings
@@ -23,6 +23,23 @@ from driftwheel.decide import Decision
 from driftwheel.report import PeriodRow
 
 logger = logging.getLogger(__name__)
+
+_R = TypeVar("_R")
+
+
+class StepRunner(Protocol):
+    """Runs one step: ``run(name, function, *args, **kwargs)`` returns what ``function`` returned.
+
+    The replay calls each step directly (:func:`in_process`); the scale benchmark passes a runner that calls
+    each step in a fresh process, as a DAG task is, so that each step's time and memory are its own.
+    """
+
+    def __call__(self, name: str, function: Callable[..., _R], /, *args: Any, **kwargs: Any) -> _R: ...
+
+
+def in_process(name: str, function: Callable[..., _R], /, *args: Any, **kwargs: Any) -> _R:
+    """The default :class:`StepRunner`: the step runs here."""
+    return function(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -40,8 +57,8 @@ class PeriodOutcome:
     seconds: float  # wall time of the whole period
 
 
-def replay_period(settings: Settings, period: int) -> PeriodOutcome:
-    """Run every step of ``period`` in the DAG's order and return what they returned.
+def replay_period(settings: Settings, period: int, run: StepRunner = in_process) -> PeriodOutcome:
+    """Run every step of ``period`` in the DAG's order (each through ``run``) and return what they returned.
 
     Raises what the failing step raised (:class:`driftwheel.steps.PeriodRefused`, a
     :class:`driftwheel.config.DataError` for a bad batch, ...), after ending the period's MLflow
@@ -50,38 +67,62 @@ def replay_period(settings: Settings, period: int) -> PeriodOutcome:
     started = time.perf_counter()
     step = "ingest_tracks"
     try:
-        steps.ingest_tracks(settings, period)
+        run("ingest_tracks", steps.ingest_tracks, settings, period)
         step = "validate_tracks"
-        steps.validate_tracks(settings, period)
+        run("validate_tracks", steps.validate_tracks, settings, period)
         step = "report_drift"
-        drift = steps.report_drift(settings, period)
+        drift = run("report_drift", steps.report_drift, settings, period)
         # The champion is resolved once, by report_drift; every later step gets that version.
         run_id, champion = drift["mlflow_run_id"], drift["champion_version"]
         step = "decide_retrain"
-        decision = steps.decide_retrain(settings, drift)
+        decision = run("decide_retrain", steps.decide_retrain, settings, drift)
         challenger = gate = promotion = None
         retrain_seconds = None
         if decision.retrain:
             step = "retrain_model"
             retrain_started = time.perf_counter()
-            challenger = steps.retrain_model(settings, period, run_id, champion)
+            challenger = run("retrain_model", steps.retrain_model, settings, period, run_id, champion)
             retrain_seconds = time.perf_counter() - retrain_started
             step = "evaluate_challenger"
             version = challenger["version"]
-            gate = steps.evaluate_challenger(settings, period, run_id, version, champion, challenger.get("refused"))
+            gate = run(
+                "evaluate_challenger",
+                steps.evaluate_challenger,
+                settings,
+                period,
+                run_id,
+                version,
+                champion,
+                challenger.get("refused"),
+            )
             step = "decide_promotion"  # the DAG's branch: it only maps the gate to the next task
             if gate["passed"]:
                 step = "promote_champion"
-                promotion = steps.promote_champion(
-                    settings, run_id, version, period=period, gated_against=champion, gate=gate
+                promotion = run(
+                    "promote_champion",
+                    steps.promote_champion,
+                    settings,
+                    run_id,
+                    version,
+                    period=period,
+                    gated_against=champion,
+                    gate=gate,
                 )
             else:
                 step = "reject_challenger"
-                steps.reject_challenger(
-                    settings, run_id, version, gate["reason"], period=period, champion_version=champion, gate=gate
+                run(
+                    "reject_challenger",
+                    steps.reject_challenger,
+                    settings,
+                    run_id,
+                    version,
+                    gate["reason"],
+                    period=period,
+                    champion_version=champion,
+                    gate=gate,
                 )
         step = "finish_period"
-        row = PeriodRow(**steps.finish_period(settings, period, run_id))
+        row = PeriodRow(**run("finish_period", steps.finish_period, settings, period, run_id))
     except Exception as error:
         reason = f"{step} failed: {error}"
         error.add_note(f"replay: period {period} failed in {step}")
@@ -99,6 +140,7 @@ def replay(
     settings: Settings,
     periods: Iterable[int],
     on_period: Callable[[PeriodOutcome], None] | None = None,
+    run: StepRunner = in_process,
 ) -> list[PeriodRow]:
     """Replay ``periods`` in the given order, each through every step; the per-year table's rows.
 
@@ -108,7 +150,7 @@ def replay(
     """
     rows = []
     for period in periods:
-        outcome = replay_period(settings, period)
+        outcome = replay_period(settings, period, run)
         if on_period is not None:
             on_period(outcome)
         rows.append(outcome.row)

@@ -209,17 +209,21 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
     )
     drift = None
     if reference_periods:
-        reference = store.read_partitions(settings.curated_dir, reference_periods)
+        features = _features(current, settings)
+        compared = [spec.id_column, *features, spec.target]
+        reference = store.read_partitions(settings.curated_dir, reference_periods, columns=compared)
+        sample = settings.drift.report_rows
         drift = drift_lib.drift_report(
-            current,
-            reference,
-            _features(current, settings),
+            drift_lib.sample_rows(current[compared], sample, spec.id_column),
+            drift_lib.sample_rows(reference, sample, spec.id_column),
+            features,
             spec.target,
             settings.reports_dir / f"year={period}",
             settings.drift,
             period=period,
             reference_periods=reference_periods,
         )
+        del reference
         client.log_artifact(run_id, str(drift.html_path), "drift")
         client.log_artifact(run_id, str(drift.json_path), "drift")
 

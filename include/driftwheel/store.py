@@ -73,16 +73,18 @@ def has_partition(root: Path, period: int) -> bool:
     return partition_path(root, period).exists()
 
 
-def read_partition(root: Path, period: int) -> pd.DataFrame:
+def read_partition(root: Path, period: int, columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """The curated rows of ``period``: every column, or only ``columns`` (Parquet reads no other)."""
     path = partition_path(root, period)
     if not path.exists():
         raise FileNotFoundError(f"no curated data for {period} at {path}: run its ingest first")
-    return pd.read_parquet(path)
+    return pd.read_parquet(path, columns=None if columns is None else list(columns))
 
 
-def read_partitions(root: Path, periods: Iterable[int]) -> pd.DataFrame:
-    """The curated rows of several periods, concatenated in period order."""
-    frames = [read_partition(root, p) for p in sorted(set(periods))]
+def read_partitions(root: Path, periods: Iterable[int], columns: Iterable[str] | None = None) -> pd.DataFrame:
+    """The curated rows of several periods (every column, or only ``columns``), concatenated in period order."""
+    wanted = None if columns is None else list(columns)
+    frames = [read_partition(root, p, wanted) for p in sorted(set(periods))]
     if not frames:
         raise ValueError("no periods requested")
     return pd.concat(frames, ignore_index=True)
