@@ -38,6 +38,7 @@ print(json.dumps({
     "max_active_runs": dag.max_active_runs if dag else None,
     "depends_on_past": sorted({t.depends_on_past for t in dag.tasks}) if dag else None,
     "params": sorted(dag.params.keys()) if dag else None,
+    "scenario_enum": dag.params.get_param("scenario").schema.get("enum") if dag else None,
     "schedule": dag.timetable.expression if dag else None,
     "live": {
         d.dag_id: {
@@ -109,6 +110,13 @@ def test_runs_chain_in_year_order(parsed: dict) -> None:
     assert {"year", "source", "strategy", "force_retrain"} <= set(parsed["params"])
 
 
+def test_the_scenario_param_offers_exactly_the_presets(parsed: dict) -> None:
+    from driftwheel.scenarios import PRESETS
+
+    # The trigger form validates against this list: a typo is refused before a run is created.
+    assert parsed["scenario_enum"] == [None, *PRESETS]
+
+
 def test_parse_is_fast_and_loads_nothing_heavy(parsed: dict) -> None:
     assert parsed["heavy_loaded"] == []
     assert parsed["seconds"] < 1.0
@@ -120,8 +128,11 @@ def test_dag_files_import_nothing_heavy_at_top_level() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            # The settings module is light (no data library) and gives the DAG its year bounds.
-            heavy = [n for n in names if n.split(".")[0] in HEAVY and n != "driftwheel.config"]
+            # The settings module is light (no data library) and gives the DAG its year bounds; the
+            # scenarios module (pydantic models only) gives the scenario Param its choices.
+            heavy = [
+                n for n in names if n.split(".")[0] in HEAVY and n not in ("driftwheel.config", "driftwheel.scenarios")
+            ]
             assert not heavy, f"{path.name}:{node.lineno}"
 
 
