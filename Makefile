@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: lock install demo replay ui table history test test-unit test-e2e lint clean bench stack stack-down stack-status
+.PHONY: lock install demo replay ui table history test test-unit test-e2e lint clean bench lab stack stack-down stack-status
 
 # requirements*.txt say what the project needs; requirements.lock pins every package to the versions
 # CI tested (Airflow installs are meant to be constrained), so a fresh machine gets exactly those.
@@ -37,6 +37,9 @@ history: install  ## every promotion, refusal, rejection and rollback of the cha
 
 bench: install  ## prequential benchmark of every policy on the seed data (else synthetic); writes state/bench/
 	$(BIN)/python benchmarks/prequential.py --out state/bench
+
+lab: install  ## drift lab: every retrain policy on every scenario preset (SCENARIOS=..., POLICIES=... to narrow); writes docs/benchmark/lab/
+	$(BIN)/python -m driftwheel lab --out $(or $(OUT),docs/benchmark/lab) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(POLICIES),--policies $(POLICIES))
 
 test: install lint  ## lint, then unit, DAG and end-to-end tests (the e2e tests use PostgreSQL on 127.0.0.1:5432)
 	$(BIN)/python -m pytest

@@ -75,6 +75,8 @@ class CellResult:
     policy: str
     periods: list[PeriodResult] = field(default_factory=list)
     seconds: float = 0.0
+    # CPU time of the cell's process: what the cell costs on an idle machine, whatever else runs.
+    cpu_seconds: float = 0.0
 
 
 def detection_delay(change_year: int | None, retrain_periods: Iterable[int]) -> int | None:
@@ -154,9 +156,10 @@ def run_cell(
         if on_period is not None:
             on_period(outcome)
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     replay(settings, years.replayed, on_period=record)
     result.seconds = time.perf_counter() - started
+    result.cpu_seconds = time.process_time() - cpu_started
     return result
 
 
@@ -188,6 +191,7 @@ def summarize_cell(cell: CellResult, years: LabYears) -> dict[str, Any]:
         "retrained": retrained,
         "promoted": [p.period for p in scored if p.promoted],
         "wall_seconds": cell.seconds,
+        "cpu_seconds": cell.cpu_seconds,
     }
 
 

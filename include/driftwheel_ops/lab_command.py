@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from driftwheel import lab
+from driftwheel import lab, store
 from driftwheel.config import REPO_ROOT, Settings
 from driftwheel.policies import LAB_POLICIES, POLICIES
 from driftwheel.scenarios import PRESETS, ScenarioError, load_scenario
@@ -89,7 +89,7 @@ def run_scenario(
         print(
             f"  {scenario:<22} {policy:<16} mean RMSE {lab._fmt(summary['mean_production_rmse']):>6}  "
             f"retrains {summary['retrains']}  promoted {summary['promotions']}  rejected {summary['rejected']}  "
-            f"delay {'-' if delay is None else delay}  ({cell.seconds:.0f} s)",
+            f"delay {'-' if delay is None else delay}  ({cell.seconds:.0f} s, {cell.cpu_seconds:.0f} s CPU)",
             flush=True,
         )
         cells.append(cell)
@@ -126,7 +126,8 @@ def write_plot(name: str, entry: dict[str, Any], summary: dict[str, Any], path: 
         # A retrain on year Y changes the model that scores Y+1: circle Y's point.
         retrained = [(y, v) for y, v in points if y in s["retrained"]]
         if retrained:
-            ax.scatter(*zip(*retrained), s=70, facecolors="none", edgecolors=line.get_color(), linewidths=1.2)
+            xs, ys = zip(*retrained)
+            ax.scatter(xs, ys, s=70, facecolors="none", edgecolors=line.get_color(), linewidths=1.2)
     ax.plot([], [], color="tab:red", linestyle="--", label="change")
     ax.scatter([], [], s=70, facecolors="none", edgecolors="black", label="retrained on this year")
     ax.set_xticks(years)
@@ -171,19 +172,31 @@ def run_lab(args: argparse.Namespace) -> int:
         for done, future in enumerate(as_completed(futures), start=1):
             cells += future.result()  # a failed cell ends the lab with its traceback
             elapsed = time.perf_counter() - started
+            # Written after every scenario: a long matrix shows (and keeps) what is done so far.
+            summary = write_outputs(cells, years, args, out, elapsed, jobs)
             print(f"[{done}/{len(futures)}] {futures[future]} done ({elapsed:.0f} s elapsed)", flush=True)
 
-    summary = lab.summarize(cells, years, args.rows)
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    summary["jobs"] = jobs
-    command = "python -m driftwheel " + shlex.join(_shown_argv(args.argv))
-    (out / "lab.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "lab.md").write_text(lab.matrix_markdown(summary, command))
-    for name, entry in summary["scenarios"].items():
-        write_plot(name, entry, summary, out / f"{name}.png")
-    print(f"\n{len(cells)} cells in {summary['seconds']:.0f} s with {jobs} worker(s)")
+    print(
+        f"\n{len(cells)} cells in {summary['seconds']:.0f} s with {jobs} worker(s), {summary['cpu_seconds']:.0f} s CPU"
+    )
     print(f"wrote {out / 'lab.json'}, {out / 'lab.md'} and {len(summary['scenarios'])} plots")
     return 0
+
+
+def write_outputs(
+    cells: list[lab.CellResult], years: lab.LabYears, args: argparse.Namespace, out: Path, elapsed: float, jobs: int
+) -> dict[str, Any]:
+    """lab.json, lab.md and a plot per scenario of the cells finished so far; returns the summary."""
+    summary = lab.summarize(cells, years, args.rows)
+    summary["seconds"] = round(elapsed, 1)
+    summary["cpu_seconds"] = round(sum(c.cpu_seconds for c in cells), 1)
+    summary["jobs"] = jobs
+    command = "python -m driftwheel " + shlex.join(_shown_argv(args.argv))
+    store.write_text(out / "lab.json", json.dumps(summary, indent=2) + "\n")
+    store.write_text(out / "lab.md", lab.matrix_markdown(summary, command))
+    for name, entry in summary["scenarios"].items():
+        write_plot(name, entry, summary, out / f"{name}.png")
+    return summary
 
 
 def _shown_argv(argv: list[str]) -> list[str]:
