@@ -92,6 +92,15 @@ def detection_delay(change_year: int | None, retrain_periods: Iterable[int]) -> 
     return min(after) - change_year if after else None
 
 
+def slug(scenario: str) -> str:
+    """A scenario's name in file and MLflow names: the preset's name, or the scenario file's stem."""
+    return Path(scenario).stem
+
+
+def plot_name(scenario: str) -> str:
+    return f"{slug(scenario)}.png"
+
+
 def first_change(scenario_name: str, scored: Sequence[int]) -> int | None:
     """The first year a change of the scenario shows in the scored years; None for no change."""
     changes = [y for y in load_scenario(scenario_name).change_years if y >= scored[0]]
@@ -109,8 +118,8 @@ def cell_settings(base: Settings, scenario: str, policy: str, years: LabYears, s
         source="synthetic",
         mlflow_tracking_uri=None,  # a SQLite store in the cell's state directory
         lock_uri=None,
-        experiment_name=f"lab-{scenario}-{policy}",
-        model_name=f"lab_{scenario}_{policy}",
+        experiment_name=f"lab-{slug(scenario)}-{policy}",
+        model_name=f"lab_{slug(scenario)}_{policy}",
         synthetic=dataclasses.replace(base.synthetic, scenario=scenario),
         training=dataclasses.replace(base.training, warmup_start=years.first, warmup_end=years.warmup_end),
     )
@@ -126,13 +135,13 @@ def run_cell(
     on_period: Callable[[PeriodOutcome], None] | None = None,
     empty_mlflow_db: Path | None = None,
 ) -> CellResult:
-    """Replay ``years`` of ``scenario`` under ``policy`` from an empty state (``state_root/scenario/policy``).
+    """Replay ``years`` of ``scenario`` under ``policy`` from an empty state (``state_root/<scenario>/policy``).
 
     ``empty_mlflow_db``: a copy of an MLflow SQLite store with its tables created and nothing in
     them (:func:`make_empty_mlflow_db`) to start the cell's store from: creating the tables runs
     MLflow's migrations, seconds per cell that say nothing about a policy.
     """
-    state = state_root / scenario / policy
+    state = state_root / slug(scenario) / policy
     shutil.rmtree(state, ignore_errors=True)  # a cell starts from nothing: no champion, no data
     settings = cell_settings(base, scenario, policy, years, state)
     if empty_mlflow_db is not None:
@@ -205,6 +214,7 @@ def summarize(cells: Iterable[CellResult], years: LabYears, rows_per_year: int) 
             {
                 "description": scenario.description,
                 "change_year": first_change(cell.scenario, years.scored),
+                "plot": plot_name(cell.scenario),
                 "policies": {},
             },
         )
@@ -302,7 +312,7 @@ def matrix_markdown(summary: dict[str, Any], command: str) -> str:
                 f"{s['promotions']} | {s['rejected']} | {s['retrain_seconds']:.1f} | "
                 f"{_delay(s['detection_delay']) if change else 'n/a'} |"
             )
-        lines += ["", f"![{name}]({name}.png)", ""]
+        lines += ["", f"![{name}]({entry['plot']})", ""]
     lines += ["Policies:", ""]
     lines += [f"- `{name}`: {text}" for name, text in summary["policies"].items()]
     return "\n".join(lines) + "\n"

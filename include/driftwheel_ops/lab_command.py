@@ -195,7 +195,7 @@ def write_outputs(
     store.write_text(out / "lab.json", json.dumps(summary, indent=2) + "\n")
     store.write_text(out / "lab.md", lab.matrix_markdown(summary, command))
     for name, entry in summary["scenarios"].items():
-        write_plot(name, entry, summary, out / f"{name}.png")
+        write_plot(name, entry, summary, out / entry["plot"])
     return summary
 
 
