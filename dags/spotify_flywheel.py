@@ -31,8 +31,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from driftwheel.config import Schedule
-from driftwheel.scenarios import DEFAULT_SCENARIO, PRESETS  # pydantic models only: a light import
+from driftwheel.config import SCENARIO_PRESETS, Schedule
 
 
 def _settings(context: Any = None) -> Any:
@@ -117,9 +116,9 @@ SCHEDULE = Schedule.from_env()
         "scenario": Param(
             None,
             type=["null", "string"],
-            enum=[None, *PRESETS],
-            description=f"Drift scenario of the synthetic source (driftwheel.scenarios); empty: FLYWHEEL_SCENARIO "
-            f"({DEFAULT_SCENARIO}). Each scenario lands in its own folder; from this run's year on, the flywheel "
+            enum=[None, *SCENARIO_PRESETS],
+            description="Drift scenario of the synthetic source (driftwheel.scenarios); empty: FLYWHEEL_SCENARIO "
+            "(spotify_like). Each scenario lands in its own folder; from this run's year on, the flywheel "
             "sees the scenario's data (python -m driftwheel lab compares the policies on it).",
         ),
         "strategy": Param(

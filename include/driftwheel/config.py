@@ -144,6 +144,19 @@ class SpotifyConfig:
     auth_url: str | None = None  # None: https://accounts.spotify.com/api/token
 
 
+# The names of driftwheel.scenarios.PRESETS, in its order (a test keeps them equal): the DAG's
+# scenario Param offers them without building the scenario models on every parse of the DAG file.
+SCENARIO_PRESETS: tuple[str, ...] = (
+    "spotify_like",
+    "stable",
+    *(
+        f"{kind}_{shape}"
+        for kind in ("covariate", "label", "concept", "new_artists")
+        for shape in ("sudden", "gradual", "incremental", "recurring", "blip")
+    ),
+)
+
+
 @dataclass(frozen=True, config=_STRICT_FIELDS)
 class SyntheticConfig:
     rows_per_year: PositiveInt = 2000

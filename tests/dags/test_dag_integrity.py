@@ -128,11 +128,8 @@ def test_dag_files_import_nothing_heavy_at_top_level() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
             if isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            # The settings module is light (no data library) and gives the DAG its year bounds; the
-            # scenarios module (pydantic models only) gives the scenario Param its choices.
-            heavy = [
-                n for n in names if n.split(".")[0] in HEAVY and n not in ("driftwheel.config", "driftwheel.scenarios")
-            ]
+            # The settings module is light (no data library) and gives the DAG its year bounds.
+            heavy = [n for n in names if n.split(".")[0] in HEAVY and n != "driftwheel.config"]
             assert not heavy, f"{path.name}:{node.lineno}"
 
 
