@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PYTHONPATH := $(CURDIR)/include:$(PYTHONPATH)
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: lock install demo replay ui table history test test-unit test-e2e lint clean bench bench-docs stack stack-down stack-status
+.PHONY: lock install demo replay ui table history test test-unit test-e2e lint clean bench bench-docs lab stack stack-down stack-status
 
 # requirements*.txt say what the project needs; requirements.lock pins every package to the versions
 # CI tested (Airflow installs are meant to be constrained), so a fresh machine gets exactly those.
@@ -41,6 +41,9 @@ bench: install  ## prequential benchmark of every policy on the seed data (else 
 bench-docs: install  ## regenerate docs/benchmark/ (seed data) and docs/benchmark/synthetic/ (state in state/bench-docs/)
 	$(BIN)/python benchmarks/prequential.py --out docs/benchmark --state state/bench-docs/seed
 	$(BIN)/python benchmarks/prequential.py --synthetic --last-year 2020 --out docs/benchmark/synthetic --state state/bench-docs/synthetic
+
+lab: install  ## drift lab: every retrain policy on every scenario preset (SCENARIOS=..., POLICIES=... to narrow); writes docs/benchmark/lab/
+	$(BIN)/python -m driftwheel lab --out $(or $(OUT),docs/benchmark/lab) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) $(if $(POLICIES),--policies $(POLICIES))
 
 test: install lint  ## lint, then unit, DAG and end-to-end tests (the e2e tests use PostgreSQL on 127.0.0.1:5432)
 	$(BIN)/python -m pytest

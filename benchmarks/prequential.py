@@ -36,12 +36,10 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,76 +47,16 @@ from typing import Any
 import numpy as np
 
 from driftwheel import evaluate, steps, store
-from driftwheel.config import DriftPolicy, GatePolicy, Settings, TrainingConfig, load_column_map
+from driftwheel.config import Settings, load_column_map
+from driftwheel.policies import BENCHMARK_POLICIES, Policy
+from driftwheel.policies import POLICIES as ALL_POLICIES
 from driftwheel.replay import PeriodOutcome, replay
 from driftwheel.sources import file as file_source
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_CSV = REPO.parent / "shared" / "data" / "spotify_seed" / "tracks_2008_2019.csv"
-NEVER = DriftPolicy(
-    max_drift_share=math.inf, retrain_on_target_drift=False, max_rmse_increase=math.inf, max_model_age=None
-)
-# The study promoted every model it trained; its policies are replayed without the project's gate.
-NO_GATE = GatePolicy(enabled=False)
-
-
-@dataclass(frozen=True)
-class Policy:
-    name: str
-    description: str
-    # How the policy changes the base settings; None for a policy that trains no model.
-    configure: Callable[[Settings], Settings] | None
-
-
-def _training(settings: Settings, **changes: Any) -> TrainingConfig:
-    return dataclasses.replace(settings.training, **changes)
-
-
-POLICIES: tuple[Policy, ...] = (
-    Policy(
-        "static",
-        "study net trained once on the warm-up years, never retrained",
-        lambda s: dataclasses.replace(s, training=_training(s, strategy="full"), drift=NEVER, gate=NO_GATE),
-    ),
-    Policy(
-        "study_transfer",
-        "study net, first 3 of 5 layers frozen, last 2 fine-tuned when production RMSE > 3.5",
-        lambda s: dataclasses.replace(
-            s,
-            training=_training(
-                s,
-                strategy="transfer",
-                study_net=dataclasses.replace(s.training.study_net, freeze_layers=3, fine_tune_epochs=30),
-            ),
-            drift=dataclasses.replace(NEVER, max_production_rmse=3.5),
-            gate=NO_GATE,
-        ),
-    ),
-    Policy(
-        "full_retrain",
-        "study net retrained from scratch on the latest year, every year",
-        lambda s: dataclasses.replace(s, training=_training(s, strategy="full"), force_retrain=True, gate=NO_GATE),
-    ),
-    Policy("previous_mean", "every track gets the previous year's mean popularity", None),
-    Policy(
-        "default",
-        "the project's defaults: trend_residual, retrained every period (and on drift), bootstrap-gated",
-        lambda s: s,
-    ),
-    Policy(
-        "default_drift_triggered",
-        "as default, but retrained only when a drift or error rule fires (no schedule)",
-        lambda s: dataclasses.replace(s, drift=dataclasses.replace(s.drift, max_model_age=None)),
-    ),
-    Policy(
-        "default_from_scratch",
-        "as default, but every retrain trains from scratch on all labelled years",
-        lambda s: dataclasses.replace(
-            s,
-            training=_training(s, trend_residual=dataclasses.replace(s.training.trend_residual, fine_tune=False)),
-        ),
-    ),
-)
+# The benchmark's policies, in its table's order; their definitions are the product's (driftwheel.policies).
+POLICIES: tuple[Policy, ...] = tuple(ALL_POLICIES[name] for name in BENCHMARK_POLICIES)
 
 
 @dataclass

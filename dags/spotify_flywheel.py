@@ -3,8 +3,9 @@
 
 One run per year: **ingest → validate → drift report → decide → retrain → evaluate → promote**.
 
-* `ingest_tracks` lands the year's raw tracks (synthetic by default, a folder of CSV/Parquet files,
-  or the Spotify Web API with the `spotify_default` connection's client id and secret).
+* `ingest_tracks` lands the year's raw tracks (synthetic by default, shaped by the `scenario` param's
+  drift preset; a folder of CSV/Parquet files; or the Spotify Web API with the `spotify_default`
+  connection's client id and secret).
 * `validate_tracks` checks them against the declared schema; bad rows are quarantined, a bad batch
   fails the run (the message names the file, column and rule) and nothing downstream runs.
 * `report_drift` compares the year with the champion's training data (Evidently) and scores the
@@ -30,7 +31,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from driftwheel.config import Schedule
+from driftwheel.config import SCENARIO_PRESETS, Schedule
 
 
 def _settings(context: Any = None) -> Any:
@@ -112,6 +113,14 @@ SCHEDULE = Schedule.from_env()
         ),
         "landing_dir": Param(
             None, type=["null", "string"], description="Folder of CSV/Parquet files for the file source."
+        ),
+        "scenario": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, *SCENARIO_PRESETS],
+            description="Drift scenario of the synthetic source (driftwheel.scenarios); empty: FLYWHEEL_SCENARIO "
+            "(spotify_like). Each scenario lands in its own folder; from this run's year on, the flywheel "
+            "sees the scenario's data (python -m driftwheel lab compares the policies on it).",
         ),
         "strategy": Param(
             "trend_residual",

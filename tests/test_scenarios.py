@@ -96,3 +96,11 @@ def test_scenarios_are_frozen() -> None:
     with pytest.raises(ValueError):
         PRESETS["stable"].name = "other"  # type: ignore[misc]
     assert isinstance(PRESETS["stable"], Scenario)
+
+
+def test_the_dag_offers_the_preset_names_in_their_order() -> None:
+    # The DAG's scenario Param reads the names from the light config module, not the models.
+    from driftwheel.config import SCENARIO_PRESETS
+    from driftwheel.scenarios import PRESETS
+
+    assert SCENARIO_PRESETS == tuple(PRESETS)

@@ -162,6 +162,19 @@ class SpotifyConfig:
     auth_url: str | None = None  # None: https://accounts.spotify.com/api/token
 
 
+# The names of driftwheel.scenarios.PRESETS, in its order (a test keeps them equal): the DAG's
+# scenario Param offers them without building the scenario models on every parse of the DAG file.
+SCENARIO_PRESETS: tuple[str, ...] = (
+    "spotify_like",
+    "stable",
+    *(
+        f"{kind}_{shape}"
+        for kind in ("covariate", "label", "concept", "new_artists")
+        for shape in ("sudden", "gradual", "incremental", "recurring", "blip")
+    ),
+)
+
+
 @dataclass(frozen=True, config=_STRICT_FIELDS)
 class SyntheticConfig:
     rows_per_year: PositiveInt = 2000
@@ -389,6 +402,12 @@ class Settings:
     def landing_dir(self) -> Path:
         if self.source == "file":
             return self.file_source.landing_dir or self.state_dir / "landing" / "file"
+        from driftwheel.scenarios import DEFAULT_SCENARIO
+
+        if self.source == "synthetic" and self.synthetic.scenario != DEFAULT_SCENARIO:
+            # One folder per scenario: a run with the ``scenario`` Param lands its years beside the
+            # default's instead of being refused by (or overwriting) the folder's generator.
+            return self.state_dir / "landing" / f"synthetic-{Path(self.synthetic.scenario).stem}"
         return self.state_dir / "landing" / self.source
 
     @property
@@ -481,6 +500,10 @@ class Settings:
             settings = dataclasses.replace(settings, source=p["source"])
         if p.get("landing_dir"):
             settings = settings.with_file_source(landing_dir=self.checked_landing_dir(Path(p["landing_dir"])))
+        if "scenario" in p:
+            settings = dataclasses.replace(
+                settings, synthetic=dataclasses.replace(settings.synthetic, scenario=p["scenario"])
+            )
         if "force_retrain" in p:
             settings = dataclasses.replace(settings, force_retrain=bool(p["force_retrain"]))
         if "strategy" in p:
@@ -636,6 +659,7 @@ RUN_PARAMS = frozenset(
         "year",
         "source",
         "landing_dir",
+        "scenario",
         "strategy",
         "force_retrain",
         "max_drift_share",

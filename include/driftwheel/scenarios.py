@@ -65,6 +65,9 @@ COVARIATE_FEATURES: tuple[str, ...] = (
 CONCEPT_FEATURES: tuple[str, ...] = ("danceability", "energy", "loudness", "acousticness", "speechiness")
 
 DEFAULT_SCENARIO = "spotify_like"
+# The years the spotify_like baseline steps (its label level and feature shift jump; the years
+# between drift slowly): driftwheel.sources.synthetic's POPULARITY_LEVEL and COVARIATE_SHIFT.
+SPOTIFY_LIKE_CHANGES: tuple[int, ...] = (2015, 2018)
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 # Strict, but a Python list is as good a sequence as a JSON array (strict mode takes only tuples).
@@ -142,8 +145,9 @@ class Scenario(BaseModel):
 
     @property
     def change_years(self) -> tuple[int, ...]:
-        """The years in which a shift starts (where a plot marks the change)."""
-        return tuple(sorted({s.start for s in self.shifts}))
+        """The years in which a shift starts, or the baseline steps (where a plot marks the change)."""
+        baseline = SPOTIFY_LIKE_CHANGES if self.baseline == "spotify_like" else ()
+        return tuple(sorted({*baseline, *(s.start for s in self.shifts)}))
 
 
 # -- presets -----------------------------------------------------------------------------------

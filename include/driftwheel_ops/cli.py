@@ -8,6 +8,8 @@
 * ``report``: write the timeline (``<state>/reports/timeline.html`` and ``.png``) from the MLflow runs.
 * ``replay``: run the same steps over a range of years in this process, without Airflow, and print
   the same table (:mod:`driftwheel_ops.replay_command`).
+* ``lab``: every retrain policy on every drift scenario, in this process and its workers, no
+  Airflow; a matrix as JSON, Markdown and plots (:mod:`driftwheel_ops.lab_command`).
 
 Both UIs log in as ``admin`` with passwords generated once and stored (mode 0600) in the state
 directory; they are printed. ``demo`` continues an unfinished backfill (a crash, a failed year):
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING
 
 from driftwheel.config import REPO_ROOT, DataError, Schedule, Settings
 from driftwheel.sources.file import LandingError
-from driftwheel_ops import champion_commands, replay_command
+from driftwheel_ops import champion_commands, lab_command, replay_command
 from driftwheel_ops.local_stack import (
     LocalStack,
     MlflowAuthUnavailable,
@@ -341,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "report", help="write the timeline (state/reports/timeline.html and .png) from the MLflow runs"
     ).set_defaults(func=timeline)
     replay_command.add_command(commands)
+    lab_command.add_command(commands)
     champion_commands.add_commands(commands)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -38,6 +38,7 @@ print(json.dumps({
     "max_active_runs": dag.max_active_runs if dag else None,
     "depends_on_past": sorted({t.depends_on_past for t in dag.tasks}) if dag else None,
     "params": sorted(dag.params.keys()) if dag else None,
+    "scenario_enum": dag.params.get_param("scenario").schema.get("enum") if dag else None,
     "schedule": dag.timetable.expression if dag else None,
     "live": {
         d.dag_id: {
@@ -107,6 +108,13 @@ def test_runs_chain_in_year_order(parsed: dict) -> None:
     assert parsed["depends_on_past"] == [True]
     assert parsed["schedule"] in ("@yearly", "0 0 1 1 *")
     assert {"year", "source", "strategy", "force_retrain"} <= set(parsed["params"])
+
+
+def test_the_scenario_param_offers_exactly_the_presets(parsed: dict) -> None:
+    from driftwheel.scenarios import PRESETS
+
+    # The trigger form validates against this list: a typo is refused before a run is created.
+    assert parsed["scenario_enum"] == [None, *PRESETS]
 
 
 def test_parse_is_fast_and_loads_nothing_heavy(parsed: dict) -> None:

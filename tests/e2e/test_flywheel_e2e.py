@@ -355,6 +355,31 @@ def test_non_finite_values_are_quarantined_and_never_reach_a_model(flywheel: Fly
     assert badfiles.digest(path) == before
 
 
+def test_the_scenario_param_runs_a_drift_scenario_through_the_scheduler(flywheel: Flywheel) -> None:
+    # A user watches a scenario of the drift lab through the real scheduler: the next year, with
+    # the scenario Param, lands the scenario's data in a folder of its own and runs every step.
+    import json
+
+    from driftwheel import store
+    from driftwheel.config import SyntheticConfig
+    from driftwheel.sources.synthetic import generate_year
+
+    curated = flywheel.state_dir / "curated"
+    last = store.available_periods(curated)[-1]
+    year = last if store.in_progress(curated, last) is not None else last + 1  # rerun a failed year
+    run_id = flywheel.stack.trigger(DAG_ID, {"year": year, "scenario": "label_sudden"})
+    assert flywheel.stack.wait_for_run(DAG_ID, run_id, timeout=900).state == "success"
+
+    landing = flywheel.state_dir / "landing" / "synthetic-label_sudden"
+    assert json.loads((landing / "_generator.json").read_text())["scenario"] == "label_sudden"
+    landed = pd.read_csv(landing / f"tracks_{year}.csv")
+    expected = generate_year(year, SyntheticConfig(scenario="label_sudden"))
+    assert (landed["popularity"].to_numpy() == expected["popularity"].to_numpy()).all()
+    assert not (flywheel.state_dir / "landing" / "synthetic" / f"tracks_{year}.csv").exists()
+    row = next(r for r in flywheel.table() if r.year == year)
+    assert row.status == "FINISHED" and row.rows == len(landed)
+
+
 def test_an_awkward_export_runs_through_the_scheduler_with_its_column_map(flywheel: Flywheel) -> None:
     # A Kaggle-shaped file of 2021 (Latin-1, semicolons, 0-100 features, seconds, no ids, an empty
     # first header, its own column names), read through a column map of documented keys only.

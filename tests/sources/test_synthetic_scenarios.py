@@ -4,6 +4,7 @@ preset's data has the property its kind declares."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -224,15 +225,33 @@ def test_a_scenario_object_need_not_be_a_preset() -> None:
 
 
 def test_a_landing_folder_is_never_shared_by_two_generators(tmp_path: Path) -> None:
-    # Synthetic landing files are generated once and reused: a second scenario in the same state
-    # folder would silently replay the first one's data, so it is refused, naming the variable.
+    # Synthetic landing files are generated once and reused: another generator in the same folder
+    # would silently replay the first one's data, so it is refused, naming the variable.
     from driftwheel.config import Settings
     from driftwheel.sources import GeneratorMismatch, land_period
 
     first = Settings(state_dir=tmp_path, synthetic=SyntheticConfig(rows_per_year=200))
     land_period(first, 2015)
     land_period(first, 2016)  # the same generator: fine
-    other = Settings(state_dir=tmp_path, synthetic=SyntheticConfig(rows_per_year=200, scenario="label_sudden"))
-    with pytest.raises(GeneratorMismatch, match="FLYWHEEL_SCENARIO: 'spotify_like' there, 'label_sudden' now"):
-        land_period(other, 2017)
+    bigger = Settings(state_dir=tmp_path, synthetic=SyntheticConfig(rows_per_year=300))
+    with pytest.raises(GeneratorMismatch, match="FLYWHEEL_ROWS_PER_YEAR: 200 there, 300 now"):
+        land_period(bigger, 2017)
     assert not (first.landing_dir / "tracks_2017.csv").exists()
+
+
+def test_each_scenario_lands_in_a_folder_of_its_own(tmp_path: Path) -> None:
+    # The DAG's scenario Param switches a running flywheel to another scenario: its years land
+    # beside the default's, never reusing (or overwriting) the default's files.
+    from driftwheel.config import Settings
+    from driftwheel.sources import land_period
+
+    first = Settings(state_dir=tmp_path, synthetic=SyntheticConfig(rows_per_year=200))
+    land_period(first, 2017)
+    default_bytes = (first.landing_dir / "tracks_2017.csv").read_bytes()
+    other = first.with_params({"scenario": "label_sudden"})
+    assert other.landing_dir == tmp_path / "landing" / "synthetic-label_sudden"
+    land_period(other, 2017)
+    assert (first.landing_dir / "tracks_2017.csv").read_bytes() == default_bytes
+    landed = pd.read_csv(other.landing_dir / "tracks_2017.csv")["popularity"].to_numpy()
+    assert (landed == generate_year(2017, other.synthetic)["popularity"].to_numpy()).all()
+    assert json.loads((other.landing_dir / "_generator.json").read_text())["scenario"] == "label_sudden"
