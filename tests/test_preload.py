@@ -12,7 +12,13 @@ from airflow.executors.local_executor import LocalExecutor
 
 from driftwheel_ops.local_stack import LocalStack, StackConfig
 from driftwheel_ops.native_stack import NativeStack, NativeStackConfig
-from driftwheel_ops.preload import DEFAULT_MODULES, PRELOAD_ENV, modules_from_env, preload
+from driftwheel_ops.preload import (
+    DEFAULT_MODULES,
+    PRELOAD_ENV,
+    modules_from_env,
+    preload,
+    remember_mlflow_schema_head,
+)
 
 
 def _config(state: Path, **changes: object) -> StackConfig:
@@ -83,3 +89,24 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
     done = subprocess.run([sys.executable, "-c", script], timeout=120, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_mlflow_still_refuses_a_database_of_another_schema_once_its_head_is_remembered(tmp_path: Path) -> None:
+    import pytest
+    import sqlalchemy
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.db import utils
+
+    head = remember_mlflow_schema_head()
+    assert head is not None and head == utils._get_latest_schema_revision()
+    assert remember_mlflow_schema_head() == head  # remembered, not wrapped twice
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(sqlalchemy.text("INSERT INTO alembic_version VALUES (:v)"), {"v": head})
+    utils._verify_schema(engine)  # the database's revision is the head: accepted
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'an_old_revision'"))
+    with pytest.raises(MlflowException, match="out-of-date database schema"):
+        utils._verify_schema(engine)
+    engine.dispose()

@@ -22,10 +22,12 @@ This module never imports airflow.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
 import threading
+import sys
 import time
 from collections.abc import Mapping
 
@@ -38,18 +40,32 @@ DEFAULT_MODULES: tuple[str, ...] = (
     "numpy",
     "pandas",
     "torch",
+    "torch._dynamo",  # imported by the optimizer's first step (sympy with it): seconds
     "mlflow",
     "mlflow.pyfunc",
+    # The tracking and registry stores on a database URI, and the alembic that checks their schema:
+    # imported by the first MLflow call of each task, seconds each time.
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "alembic.command",
+    "alembic.config",
     "evidently",
     "evidently.metrics",
     "evidently.presets",
+    "plotly.graph_objects",  # the drift report's charts
+    "pyarrow.parquet",
     "pandera.pandas",
+    "pandera.backends.pandas.register",  # the first validation registers pandera's backends
+    "pandera.backends.pandas.container",
+    "pandera.backends.pandas.components",
     "driftwheel.steps",
     "driftwheel.registry",
     "driftwheel.model",
     "driftwheel.drift",
     "driftwheel.report",
     "driftwheel.validate",
+    "driftwheel.sources.synthetic",
+    "driftwheel.planners",
 )
 
 
@@ -63,7 +79,8 @@ def preload(modules: tuple[str, ...]) -> dict[str, float]:
     """Import ``modules`` in order; return module -> seconds its import took (0 if already loaded).
 
     A module that cannot be imported is logged and skipped: the task that needs it will raise
-    the error itself, in its own log. Never raises.
+    the error itself, in its own log. When MLflow's database stores were imported, their schema
+    head is remembered too (:func:`remember_mlflow_schema_head`). Never raises.
     """
     seconds: dict[str, float] = {}
     threads_before = {t.ident for t in threading.enumerate()}
@@ -75,9 +92,38 @@ def preload(modules: tuple[str, ...]) -> dict[str, float]:
             log.exception("preload: could not import %s; tasks will import it themselves", name)
             continue
         seconds[name] = round(time.perf_counter() - t0, 3)
+    if "mlflow.store.db.utils" in sys.modules:
+        remember_mlflow_schema_head()
     started = [t.name for t in threading.enumerate() if t.ident not in threads_before]
     if started:
         # A thread does not survive fork(): a child that needs what it guards can hang.
         log.warning("preload: importing %s started threads %s before the fork", list(modules), started)
     log.info("preloaded %d modules in %.1fs: %s", len(seconds), sum(seconds.values()), seconds)
     return seconds
+
+
+def remember_mlflow_schema_head() -> str | None:
+    """Compute MLflow's latest schema revision once per process; return it (None if unknown).
+
+    Every tracking store on a database URI checks the database's schema against the newest of
+    MLflow's migration scripts, and finds that by loading all of them (some 70 files, half a second)
+    -- once per task process, since each task builds its client. The newest script is a fact of the
+    installed MLflow, the same for the whole life of the process and its children: remembering it
+    changes no check, the database's own revision is still read each time. Does nothing (and
+    returns None) if this MLflow has no such function.
+    """
+    try:
+        from mlflow.store.db import utils
+    except ImportError:
+        return None
+    latest = getattr(utils, "_get_latest_schema_revision", None)
+    if latest is None:
+        return None
+    if not hasattr(latest, "cache_info"):
+        latest = functools.cache(latest)
+        utils._get_latest_schema_revision = latest
+    try:
+        return str(latest())
+    except Exception:
+        log.exception("preload: MLflow's schema head is unknown; each store will look it up")
+        return None
