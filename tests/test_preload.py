@@ -46,7 +46,7 @@ def test_every_celery_worker_imports_the_preload_module_at_start(tmp_path: Path)
     stack = NativeStack(
         NativeStackConfig(
             state_dir=tmp_path,
-            airflow_db_uri="postgresql://x/af",
+            airflow_db_uri="postgresql+psycopg2://x/af",
             mlflow_db_uri="postgresql://x/ml",
             broker_url="redis://127.0.0.1:6379/0",
         )  # fmt: skip
@@ -57,6 +57,11 @@ def test_every_celery_worker_imports_the_preload_module_at_start(tmp_path: Path)
     assert imports == ["driftwheel_airflow.celery_preload"]
     assert importlib.util.find_spec(imports[0]) is not None
     assert modules_from_env(env) == DEFAULT_MODULES
+    # What the worker's Celery app is configured with, read as `airflow celery worker` reads it.
+    read = "from airflow.providers.celery.executors.celery_executor import app; print(list(app.conf.imports))"
+    celery_env = {k: v for k, v in env.items() if k.startswith(("AIRFLOW", "PYTHONPATH", "PATH", "HOME"))}
+    done = subprocess.run([sys.executable, "-c", read], env=celery_env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip().splitlines()[-1:] == [str(imports)], done.stderr[-2000:]
 
 
 def test_modules_from_env_reads_a_comma_separated_list() -> None:
