@@ -2,7 +2,8 @@
 
 :class:`LocalStack` starts what a backfill needs on Airflow 3 -- a PostgreSQL metadata database,
 ``airflow api-server`` (tasks report to its execution API), ``airflow scheduler`` (with the
-LocalExecutor) and ``airflow dag-processor`` -- and drives them the way an operator would: actions
+LocalExecutor, which imports the tasks' heavy libraries once before it forks its workers:
+:mod:`driftwheel_ops.preload`) and ``airflow dag-processor`` -- and drives them the way an operator would: actions
 through the ``airflow`` CLI, run and task states read straight from the metadata database (one
 ``airflow`` CLI call costs seconds, a query milliseconds).
 
