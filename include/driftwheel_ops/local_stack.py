@@ -2,7 +2,8 @@
 
 :class:`LocalStack` starts what a backfill needs on Airflow 3 -- a PostgreSQL metadata database,
 ``airflow api-server`` (tasks report to its execution API), ``airflow scheduler`` (with the
-LocalExecutor) and ``airflow dag-processor`` -- and drives them the way an operator would: actions
+LocalExecutor, which imports the tasks' heavy libraries once before it forks its workers:
+:mod:`driftwheel_ops.preload`) and ``airflow dag-processor`` -- and drives them the way an operator would: actions
 through the ``airflow`` CLI, run and task states read straight from the metadata database (one
 ``airflow`` CLI call costs seconds, a query milliseconds).
 
@@ -64,6 +65,8 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from driftwheel_ops.preload import DEFAULT_MODULES, PRELOAD_ENV
+
 log = logging.getLogger(__name__)
 
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
@@ -71,6 +74,7 @@ TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 # the API server last so that running tasks can still report.
 PROCESSES: tuple[str, ...] = ("api-server", "dag-processor", "scheduler")
 POLL_SECONDS = 1.0
+SCHEDULER_IDLE_SLEEP = 0.2
 ADMIN_USER = "admin"
 # Inherited by every descendant of the stack's processes; its value is the stack's state dir.
 STACK_MARKER_ENV = "DRIFTWHEEL_OPS_STACK"
@@ -119,6 +123,8 @@ class StackConfig:
     mlflow_db_uri: str | None = None  # None -> the same embedded server, database "mlflow"
     api_port: int = 8080
     extra_env: Mapping[str, str] = field(default_factory=dict)  # passed to every airflow process
+    # Imported once where task processes are forked (driftwheel_ops.preload); () imports nothing.
+    preload_modules: tuple[str, ...] = DEFAULT_MODULES
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,8 @@ class LocalStack:
     """Airflow's api-server, scheduler and dag-processor on PostgreSQL, as a context manager."""
 
     _ASYNC_CONN = "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"
-    executor = "LocalExecutor"
+    # The LocalExecutor, importing DRIFTWHEEL_PRELOAD in the scheduler before it forks its workers.
+    executor = "driftwheel_airflow.preloading_executor.PreloadingLocalExecutor"
     start_timeout = 180.0  # seconds for every process to come up healthy
 
     def __init__(self, config: StackConfig) -> None:
@@ -327,6 +334,10 @@ class LocalStack:
             "AIRFLOW__API__SECRET_KEY": keys["api_secret_key"],
             "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
             "PYTHONPATH": os.pathsep.join(python_path),
+            # Between two tasks of a run the scheduler sleeps when a loop found nothing to do:
+            # Airflow's 1 s is up to a second lost per task; a loop costs milliseconds of CPU.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": str(SCHEDULER_IDLE_SLEEP),
+            PRELOAD_ENV: ",".join(self.config.preload_modules),
             **no_async,
             **log_server,
             **plugins,

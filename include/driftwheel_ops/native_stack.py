@@ -108,6 +108,7 @@ DEFAULT_TASK_QUEUED_TIMEOUT = 120
 TASK_QUEUED_CHECK_INTERVAL = 15
 # The worker's node name, read by worker_hostname() in the task processes the worker starts.
 WORKER_HOSTNAME_ENV = "FLYWHEEL_WORKER_HOSTNAME"
+CELERY_PRELOAD_MODULE = "driftwheel_airflow.celery_preload"
 
 
 def worker_hostname() -> str:
@@ -288,6 +289,8 @@ class NativeStack(LocalStack):
             # holds at most what it ran (Airflow's defaults, pinned here).
             "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
             "AIRFLOW__CELERY__TASK_ACKS_LATE": "True",
+            # Each worker imports the tasks' libraries once, before its pool forks (DRIFTWHEEL_PRELOAD).
+            "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": json.dumps({"imports": [CELERY_PRELOAD_MODULE]}),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(self._trigger_log_port),
             "FLYWHEEL_STATE_DIR": str(self.state_dir),
             "FLYWHEEL_MLFLOW_TRACKING_URI": self.mlflow_url,

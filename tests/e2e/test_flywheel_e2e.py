@@ -31,6 +31,7 @@ from browser import browser_executable
 from tracks import make_tracks
 from driftwheel import registry, report, store
 from driftwheel_ops.local_stack import LocalStack, RunState, StackConfig
+from driftwheel_ops.preload import DEFAULT_MODULES
 
 pytestmark = pytest.mark.e2e
 
@@ -99,6 +100,15 @@ def test_backfill_runs_every_year_through_the_scheduler(flywheel: Flywheel) -> N
     assert sorted(r.logical_date.year for r in flywheel.runs) == list(range(2008, 2021))
     assert [r.state for r in flywheel.runs] == ["success"] * 13, flywheel.runs
     assert all(r.run_id.startswith("backfill__") for r in flywheel.runs)
+
+
+def test_every_task_ran_forked_from_a_scheduler_that_preloaded_the_libraries(flywheel: Flywheel) -> None:
+    # The backfill above succeeded with every task forked from workers that had torch, mlflow,
+    # evidently and the library imported (driftwheel_ops.preload), none failing to import.
+    scheduler_log = (flywheel.stack.logs_dir / "scheduler.log").read_text()
+    assert flywheel.stack.env["AIRFLOW__CORE__EXECUTOR"].endswith("PreloadingLocalExecutor")
+    assert f"preloaded {len(DEFAULT_MODULES)} modules" in scheduler_log
+    assert "preload: could not import" not in scheduler_log
 
 
 def test_the_flywheel_retrains_skips_and_moves_the_champion(flywheel: Flywheel) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -64,7 +65,17 @@ def _log_task_timings(stack: LocalStack, runs: list[RunState], wall: float) -> N
     )  # fmt: skip
 
 
-def _backfill_and_check(stack: LocalStack, start: date, end: date, years: int) -> None:
+def _preloaded_in_task(stack: LocalStack, run: RunState) -> str:
+    """What the ``extract`` task of the run printed about the modules it found already imported."""
+    log_file = (
+        stack.airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run.run_id}" / "task_id=extract" / "attempt=1.log"
+    )
+    found = [line for line in log_file.read_text().splitlines() if "preloaded in the task process:" in line]
+    assert len(found) == 1, log_file
+    return str(json.loads(found[0])["event"]).split(":", 1)[1].strip()
+
+
+def _backfill_and_check(stack: LocalStack, start: date, end: date, years: int) -> list[RunState]:
     stack.wait_for_dag(DAG_ID)
     finished: list[RunState] = []
     t0 = time.monotonic()
@@ -78,6 +89,7 @@ def _backfill_and_check(stack: LocalStack, start: date, end: date, years: int) -
     for run in runs:
         assert stack.task_states(DAG_ID, run.run_id) == dict.fromkeys(TASKS, "success")
     _log_task_timings(stack, runs, wall)
+    return runs
 
 
 @pytest.mark.e2e
@@ -90,6 +102,7 @@ def test_backfill_on_external_postgres(state_dir: Path, fresh_database: Callable
         mlflow_db_uri=fresh_database("flywheel_e2e_smoke_mlflow"),
         api_port=_free_port(),
         extra_env={"FLYWHEEL_E2E": "1"},
+        preload_modules=(),  # the preload off: the LocalExecutor's own behaviour
     )
     t0 = time.monotonic()
     with LocalStack(config) as stack:
@@ -97,7 +110,8 @@ def test_backfill_on_external_postgres(state_dir: Path, fresh_database: Callable
         assert stack.env["FLYWHEEL_E2E"] == "1"
         assert stack.env["FLYWHEEL_MLFLOW_TRACKING_URI"] == config.mlflow_db_uri
         # The to-date is inclusive: 2008-01-01 .. 2012-01-01 are five yearly runs.
-        _backfill_and_check(stack, date(2008, 1, 1), date(2012, 1, 1), years=5)
+        runs = _backfill_and_check(stack, date(2008, 1, 1), date(2012, 1, 1), years=5)
+        assert _preloaded_in_task(stack, runs[0]) == "nothing"
 
         # Clearing a finished run makes the scheduler run all of its tasks again.
         first = stack.dag_runs(DAG_ID)[0]
@@ -112,9 +126,17 @@ def test_backfill_on_external_postgres(state_dir: Path, fresh_database: Callable
 
 @pytest.mark.e2e
 def test_backfill_on_embedded_postgres(state_dir: Path) -> None:
-    config = StackConfig(state_dir=state_dir, dags_folder=DAGS, python_path=(REPO / "include",), api_port=_free_port())
+    # A light module of the library that neither Airflow nor the DAG imports stands in for torch & co.
+    config = StackConfig(
+        state_dir=state_dir, dags_folder=DAGS, python_path=(REPO / "include",), api_port=_free_port(),
+        preload_modules=("driftwheel.decide", "driftwheel_no_such_module"),
+    )  # fmt: skip
     with LocalStack(config) as stack:
-        _backfill_and_check(stack, date(2008, 1, 1), date(2009, 1, 1), years=2)
+        runs = _backfill_and_check(stack, date(2008, 1, 1), date(2009, 1, 1), years=2)
+        # Imported in the scheduler before it forked its workers, so in every task process; a module
+        # that cannot be imported is skipped (the scheduler runs on).
+        assert [_preloaded_in_task(stack, run) for run in runs] == ["driftwheel.decide"] * 2
+        assert "preloaded 1 modules" in (stack.logs_dir / "scheduler.log").read_text()
 
         engine = sqlalchemy.create_engine(stack.mlflow_db_uri)
         with engine.connect() as conn:

@@ -17,6 +17,13 @@ from airflow.sdk import dag, task
 def stack_smoke() -> None:
     @task
     def extract(logical_date: pendulum.DateTime | None = None) -> int:
+        import os
+        import sys
+
+        # Which of the modules the stack preloads this task process got from its parent (the tests
+        # read it from the task log): the DAG file and Airflow import none of them.
+        wanted = [m for m in os.environ.get("DRIFTWHEEL_PRELOAD", "").split(",") if m]
+        print("preloaded in the task process:", " ".join(m for m in wanted if m in sys.modules) or "nothing")
         # Manually triggered runs have no logical date in Airflow 3.
         return (logical_date or pendulum.now("UTC")).year
 
