@@ -65,6 +65,7 @@ def test_the_benchmark_keeps_its_policies_and_the_lab_has_every_trigger() -> Non
         "full_retrain",
         "previous_mean",
         "default",
+        "default_drift_triggered",
         "default_from_scratch",
     )
     assert set(LAB_POLICIES) == {
