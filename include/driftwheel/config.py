@@ -589,6 +589,7 @@ ENVIRONMENT: dict[str, str] = {
     "FLYWHEEL_GATE_CONFIDENCE": "gate.confidence",
     "FLYWHEEL_DRIFT_REFERENCE_WINDOW": "drift.reference_window",
     "FLYWHEEL_MAX_MODEL_AGE": "drift.max_model_age",
+    "FLYWHEEL_DRIFT_THRESHOLD": "drift.drift_threshold",
     "FLYWHEEL_LIVE_MIN_NEW_ROWS": "live.min_new_rows",
     "FLYWHEEL_WARMUP_START": "training.warmup_start",
     "FLYWHEEL_WARMUP_END": "training.warmup_end",

@@ -84,9 +84,11 @@ def flywheel(fresh_database: Callable[[str], str]) -> Iterator[Flywheel]:
             "FLYWHEEL_MODEL_NAME": MODEL,
             "FLYWHEEL_LAST_YEAR": "2020",
             "FLYWHEEL_COLUMN_MAP": str(state_dir / COLUMN_MAP),
-            # Retrain on schedule every second year (the default is every year), so that both
-            # branches run: a stable year in between is skipped.
+            # Retrain on schedule every second year (the default is every year) and on no drift
+            # (the synthetic label trends: its distance passes the default 0.1 every year), so that
+            # both branches run: a year between two scheduled retrains is skipped.
             "FLYWHEEL_MAX_MODEL_AGE": "2",
+            "FLYWHEEL_DRIFT_THRESHOLD": "100",
         },
     )
     with LocalStack(config) as stack:
