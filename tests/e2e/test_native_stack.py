@@ -223,6 +223,22 @@ def test_the_scheduler_backfills_years_on_celery(server: Server) -> None:
     assert rows[2014].decision in {"retrain", "skip"}
 
 
+def test_the_api_server_serves_the_plugins_timeline_behind_its_login(server: Server) -> None:
+    # The server stack loads plugins/ as `make ui` does: the Flywheel menu's timeline of the backfill.
+    url = server.stack.api_url + "/flywheel/timeline"
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(url, timeout=60)
+    assert anonymous.value.code in (401, 403)
+    user, password = server.stack.admin_credentials()
+    token = server.token(user, password)[1]["access_token"]
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        page = resp.read().decode()
+    assert 'id="timeline"' in page and 'id="year-2013"' in page and 'id="year-2014"' in page
+    status, plugins = server.request("GET", "/api/v2/plugins", token=token)
+    assert status == 200 and "flywheel_links" in [p["name"] for p in plugins["plugins"]]
+
+
 def _kill_tree(pid: int) -> list[int]:
     """SIGKILL a process and all its descendants at once (a lost machine, an OOM kill); their pids."""
     root = psutil.Process(pid)
