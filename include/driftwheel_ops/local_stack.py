@@ -63,6 +63,7 @@ import psutil
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
+import tenacity
 from psycopg2 import sql
 
 from driftwheel_ops.preload import DEFAULT_MODULES, PRELOAD_ENV
@@ -461,12 +462,36 @@ class LocalStack:
                 raise
         failed = []
         for run in self._runs("dag_id = %s AND backfill_id = %s", (dag_id, backfill_id)):
-            if run.state not in TERMINAL_RUN_STATES:
-                path = f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run.run_id, safe='')}"
-                self.api("PATCH", path, {"state": "failed"})
+            if run.state not in TERMINAL_RUN_STATES and self._fail_run(dag_id, run.run_id):
                 failed.append(run.run_id)
         log.info("cancelled backfill %d of %s; failed its unfinished runs %s", backfill_id, dag_id, failed)
         return failed
+
+    def _fail_run(self, dag_id: str, run_id: str) -> bool:
+        """Set an unfinished run to failed through the REST API; False if it finished meanwhile.
+
+        The scheduler may be updating the same run's rows at that moment (it just saw the backfill
+        cancelled, or a task of the run fail); PostgreSQL then aborts one of the two transactions
+        as a deadlock and the API answers HTTP 500 "Database error". Such an answer is retried a
+        few times, re-reading the run's state first; a dead stack still raises at once
+        (:meth:`api` checks the processes on every server error).
+        """
+        path = f"/api/v2/dags/{urllib.parse.quote(dag_id)}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, ApiError) and e.status >= 500),
+            stop=tenacity.stop_after_attempt(5),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=4),
+            before_sleep=lambda state: log.warning(
+                "failing run %s: the API answered a server error (attempt %d); retrying", run_id, state.attempt_number
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                [run] = self._runs("dag_id = %s AND run_id = %s", (dag_id, run_id))
+                if run.state in TERMINAL_RUN_STATES:
+                    return False
+                self.api("PATCH", path, {"state": "failed"})
+        return True
 
     def recover_backfills(self, dag_id: str) -> list[str]:
         """Cancel every unfinished backfill of the DAG (left by a crash or a failed year).
