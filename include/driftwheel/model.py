@@ -292,13 +292,15 @@ class TrendResidualModel:
         }
         return periods.astype(int).map(levels).to_numpy(float)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Popularity for each row of ``frame`` (raw columns; pass a whole period's batch at once).
+    def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
+        """Popularity for each row of ``frame`` (raw columns; pass a whole period's batch at once),
+        or for the rows where ``rows`` is true only (their batch features still count every row).
 
         A row of period ``t`` reads the label history of periods before ``t`` only.
         """
-        x = build_features(self.history, frame, self.columns, self.config.features)
-        return self.level(frame[self.columns.period]) + self.predict_residual(x)
+        x = build_features(self.history, frame, self.columns, self.config.features, rows=rows)
+        periods = frame[self.columns.period]
+        return self.level(periods if rows is None else periods[np.asarray(rows, dtype=bool)]) + self.predict_residual(x)
 
     def predict_residual(self, x: pd.DataFrame) -> np.ndarray:
         # In slices of PREDICT_BATCH_ROWS rows: a million rows' hidden activations at once would
@@ -527,6 +529,15 @@ def _keeping_shape(config: TrendResidualConfig, parent: TrendResidualConfig) -> 
 
 # -- saving and loading ----------------------------------------------------------------------------
 AnyModel = TrainedModel | TrendResidualModel
+
+
+def predict_rows(model: AnyModel, frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """``model``'s predictions for the rows of ``frame`` where ``rows`` is true, described as part
+    of the whole batch: the memory of those rows' features, not of the batch's. The network sees
+    other slices than when it scores the whole batch, so values may differ in float32 rounding."""
+    if isinstance(model, TrendResidualModel):
+        return model.predict(frame, rows=rows)
+    return model.predict(frame[np.asarray(rows, dtype=bool)])
 
 
 def save(model: AnyModel, directory: Path) -> dict[str, Path]:
