@@ -235,6 +235,16 @@ RULES = """## What bounds the cost
   so nothing the model knows about artists or levels is lost; only the epochs see fewer rows. The
   seed data's largest training (the cold start) fits ~13,000 rows: never capped, and its
   prequential table is unchanged to the digit.
+- **Features of the sample only.** Both samples a training draws (the fit sample and the replay
+  buffer of `replay_buffer_rows`) are prefixes of the fit rows in key order, so the keys are
+  hashed first (from the raw columns, in slices of 262,144 rows) and only the
+  max(`max_fit_rows`, `replay_buffer_rows`) rows with the smallest keys are featurized
+  (`driftwheel.model.smallest_keys`, `build_features(..., rows=)`); each feature column is computed
+  on the whole period, so batch statistics (tracks per artist in this period) still count every
+  row, then cut to the sample and stored as float32 at once. The models are the same as when every
+  row is featurized (`tests/test_model.py`), and the seed data's prequential table is unchanged to
+  the digit. The retrain's finite check scores only the held-out rows; the plan's fingerprint is
+  hashed in slices (the same digest, without a copy of the pooled years).
 """
 
 

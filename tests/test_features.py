@@ -131,3 +131,19 @@ def test_title_parsing() -> None:
     assert guest_artists("Hold Me") == []
     assert base_title("Hold Me - Remastered 2011") == "hold me"
     assert base_title("Hold Me (Live)") == "hold me"
+
+
+def test_features_of_some_rows_equal_those_rows_of_the_whole_batch() -> None:
+    history = LabelHistory.from_labelled(_years(2010, 2011), COLUMNS)
+    batch = pd.concat([make_tracks(2012, n=150, seed=2012), make_tracks(2013, n=120, seed=2013)])
+    batch.index = np.arange(len(batch))[::-1] * 3  # an index unrelated to anything
+    rows = np.random.default_rng(4).random(len(batch)) < 0.3
+    whole = build_features(history, batch, COLUMNS, CONFIG)
+    # Batch statistics (tracks per artist in the batch) still count every row of the period.
+    pd.testing.assert_frame_equal(build_features(history, batch, COLUMNS, CONFIG, rows=rows), whole[rows])
+    only_2013 = (batch["year"] == 2013).to_numpy()
+    pd.testing.assert_frame_equal(build_features(history, batch, COLUMNS, CONFIG, rows=only_2013), whole[only_2013])
+    none = build_features(history, batch, COLUMNS, CONFIG, rows=np.zeros(len(batch), dtype=bool))
+    assert len(none) == 0 and list(none.columns) == list(whole.columns)
+    with pytest.raises(ValueError, match="rows has 3 entries"):
+        build_features(history, batch, COLUMNS, CONFIG, rows=np.ones(3, dtype=bool))

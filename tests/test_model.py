@@ -216,3 +216,60 @@ def test_scoring_in_slices_gives_the_same_predictions(monkeypatch: pytest.Monkey
     monkeypatch.setattr(model_module, "PREDICT_BATCH_ROWS", 7)  # 300 rows in 43 slices
     # float32 matrix products round differently by slice size: far below a popularity point.
     np.testing.assert_allclose(model.predict(batch), whole, rtol=0, atol=1e-4)
+
+
+# -- featurizing only the rows a training can use ----------------------------------------------------
+def test_smallest_keys_is_a_bounded_stable_prefix_of_the_eligible_rows_in_key_order() -> None:
+    keys = np.array([5, 3, 9, 3, 1, 7, 3], dtype=np.uint64)
+    eligible = np.array([True, True, True, True, False, True, True])
+    # Row 4 (key 1) is not eligible; the three rows of key 3 keep their order.
+    assert model_module.smallest_keys(keys, eligible, None).tolist() == [1, 3, 6, 0, 5, 2]
+    assert model_module.smallest_keys(keys, eligible, 4).tolist() == [1, 3, 6, 0]
+    assert model_module.smallest_keys(keys, eligible, 100).tolist() == [1, 3, 6, 0, 5, 2]
+    assert model_module.smallest_keys(keys, np.zeros(7, dtype=bool), 3).tolist() == []
+
+
+def test_the_rows_featurized_are_the_prefix_of_all_rows_featurized() -> None:
+    past = pd.concat([_artist_year(y, seed=y) for y in (2010, 2011, 2012)], ignore_index=True)
+    columns = feature_columns(DatasetSpec(), past)
+    fit = np.random.default_rng(1).random(len(past)) > 0.2
+    history = model_module.LabelHistory.from_labelled(past, columns, mean_rows=fit)
+    every, n_every = model_module._labelled_rows(history, past, fit, columns, SMALL.trend_residual)
+    some, n_some = model_module._labelled_rows(history, past, fit, columns, SMALL.trend_residual, limit=250)
+    assert n_every == n_some == fit.sum() and len(every) == fit.sum() and len(some) == 250
+    assert every["row_key"].is_monotonic_increasing
+    pd.testing.assert_frame_equal(some, every.head(250))
+
+
+def _everything_featurized(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_module, "_featurized_rows", lambda config: None)
+
+
+def test_featurizing_only_the_usable_rows_trains_the_same_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    past = pd.concat([_artist_year(y, seed=y) for y in (2010, 2011, 2012)], ignore_index=True)
+    fit, columns = np.ones(len(past), dtype=bool), feature_columns(DatasetSpec(), past)
+    new = _artist_year(2013, seed=13, n=600)  # 480 fit rows: more than the 300 featurized
+    new_fit = np.arange(len(new)) % 5 != 0
+    # A cap below the rows (200 of 900) and a replay buffer of 300: both samples are key prefixes.
+    config = _with_cap(200)
+    bounded = train_trend_residual(past, fit, columns, config)
+    bounded_child = fine_tune_trend_residual(bounded, new, new_fit, _with_cap(150))
+    _everything_featurized(monkeypatch)
+    full = train_trend_residual(past, fit, columns, config)
+    full_child = fine_tune_trend_residual(full, new, new_fit, _with_cap(150))
+    for a_model, b_model in ((bounded, full), (bounded_child, full_child)):
+        for a_net, b_net in zip(a_model.nets, b_model.nets):
+            for a, b in zip(a_net.parameters(), b_net.parameters()):
+                assert torch.equal(a, b)
+        pd.testing.assert_frame_equal(a_model.replay, b_model.replay)
+        np.testing.assert_array_equal(a_model.feature_mean, b_model.feature_mean)
+
+
+def test_predictions_of_some_rows_are_those_rows_of_the_whole_batch() -> None:
+    model, _ = _trained()
+    batch = _artist_year(2013, seed=77)
+    rows = np.arange(len(batch)) % 4 == 0
+    # float32 products round differently by slice size: far below a popularity point.
+    np.testing.assert_allclose(model_module.predict_rows(model, batch, rows), model.predict(batch)[rows], atol=1e-4)
+    study = train_full(make_tracks(2010, n=300), SPOTIFY_AUDIO_FEATURES, "popularity", CONFIG)
+    np.testing.assert_allclose(model_module.predict_rows(study, batch, rows), study.predict(batch)[rows], atol=1e-4)

@@ -1,6 +1,8 @@
 """Training plans: one planner per model family, chosen by strategy; fingerprints of their inputs."""
 
 import dataclasses
+import hashlib
+import json
 
 import pandas as pd
 import pytest
@@ -31,6 +33,19 @@ def test_fingerprint_follows_the_rows_and_the_inputs() -> None:
     assert planners.fingerprint(rows.copy(), period=2012, strategy="full") == same
     assert planners.fingerprint(rows.assign(popularity=[1.0, 3.0]), period=2012, strategy="full") != same
     assert planners.fingerprint(rows, period=2013, strategy="full") != same
+
+
+def test_fingerprint_hashed_in_slices_is_the_fingerprint_of_the_whole_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = pd.concat([make_tracks(2011, n=50), make_tracks(2012, n=47)], ignore_index=True)
+    fit = rows.index.to_numpy() % 3 != 0
+    whole = planners.fingerprint(rows, extra={"_fit": fit}, period=2012)
+    monkeypatch.setattr(planners, "HASH_BATCH_ROWS", 10)  # 97 rows in 10 slices
+    assert planners.fingerprint(rows, extra={"_fit": fit}, period=2012) == whole
+    assert planners.fingerprint(rows, extra={"_fit": ~fit}, period=2012) != whole
+    # The digest a version was registered under before slicing: pandas' wrapping sum of all row hashes.
+    at_once = int(pd.util.hash_pandas_object(rows.assign(_fit=fit), index=False).sum()) & (2**63 - 1)
+    payload = json.dumps({"data": at_once, "period": 2012}, sort_keys=True, default=str)
+    assert whole == hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 @pytest.mark.parametrize(("strategy", "planned"), [("trend_residual", "trend_residual"), ("transfer", "full")])

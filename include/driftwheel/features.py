@@ -226,22 +226,42 @@ def _dtype(column: str) -> str:
 
 # -- building the features of one period's batch ------------------------------------------------
 def build_features(
-    history: LabelHistory, batch: pd.DataFrame, columns: FeatureColumns, config: FeatureConfig
+    history: LabelHistory,
+    batch: pd.DataFrame,
+    columns: FeatureColumns,
+    config: FeatureConfig,
+    rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row of model inputs per row of ``batch``, in its order and with its index.
 
     Rows are grouped by period; each period is treated as one ingest batch and described from
     ``history.before(period)`` and its own label-free columns. The label column, if present, is
     dropped first. Pass a whole period at once: batch features count tracks within the frame.
+
+    ``rows`` (a boolean mask over ``batch``) asks for the features of those rows only, in batch
+    order and with their index: the batch statistics still count every row of each period, so a
+    row's features are the same whether it is asked for alone or with all the others, while the
+    memory held is that of the rows asked for (a million-row period's features for a 100,000-row
+    training sample).
     """
     unlabelled = batch.drop(columns=[columns.target], errors="ignore").reset_index(drop=True)
-    if unlabelled.empty:
-        return _period_features(history, unlabelled, 0, columns, config).set_axis(batch.index)
+    wanted = np.ones(len(batch), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    if len(wanted) != len(batch):
+        raise ValueError(f"rows has {len(wanted)} entries for a batch of {len(batch)} rows")
+    index = batch.index[wanted]
+    if unlabelled.empty or not wanted.any():
+        empty = _period_features(history, unlabelled.head(0), 0, columns, config)
+        return empty.set_axis(index[:0])
     pieces = []
-    for period, rows in unlabelled.groupby(columns.period, sort=True):
-        built = _period_features(history.before(int(period)), rows.reset_index(drop=True), int(period), columns, config)
-        pieces.append(built.set_axis(rows.index))  # positions in the batch
-    return pd.concat(pieces).sort_index().set_axis(batch.index)
+    for period, group in unlabelled.groupby(columns.period, sort=True):
+        keep = wanted[group.index.to_numpy()]
+        if not keep.any():
+            continue
+        built = _period_features(
+            history.before(int(period)), group.reset_index(drop=True), int(period), columns, config, keep=keep
+        )
+        pieces.append(built.set_axis(group.index[keep]))  # positions in the batch
+    return pd.concat(pieces).sort_index().set_axis(index)
 
 
 def feature_names(columns: FeatureColumns) -> tuple[str, ...]:
@@ -291,11 +311,32 @@ def _non_ascii(values: pd.Series) -> np.ndarray:
     return values.astype(str).map(lambda text: float(any(ord(ch) > 127 for ch in text))).to_numpy(float)
 
 
+class _Kept(dict[str, np.ndarray]):
+    """The feature columns of the kept rows, as float32: each column computed on the whole batch
+    (batch statistics need every row) is cut to the kept rows at once, so only one full-length
+    column is alive at a time. Casting column by column gives the values a cast of the whole
+    frame would."""
+
+    def __init__(self, keep: np.ndarray | None) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def __setitem__(self, name: str, values: np.ndarray | pd.Series) -> None:
+        column = np.asarray(values, dtype=np.float32)
+        super().__setitem__(name, column if self.keep is None else column[self.keep])
+
+
 def _period_features(
-    history: LabelHistory, b: pd.DataFrame, period: int, columns: FeatureColumns, config: FeatureConfig
+    history: LabelHistory,
+    b: pd.DataFrame,
+    period: int,
+    columns: FeatureColumns,
+    config: FeatureConfig,
+    keep: np.ndarray | None = None,
 ) -> pd.DataFrame:
+    """The features of ``b``'s rows where ``keep`` is true (default all), from all of ``b``."""
     k = config.shrinkage
-    out: dict[str, np.ndarray | pd.Series] = {}
+    out = _Kept(keep)
     for name in columns.numeric:
         out[name] = b[name].astype(float).to_numpy()
     if "duration_ms" in columns.numeric:
@@ -345,7 +386,8 @@ def _period_features(
         guests = title.map(guest_artists)
         out["guest_count"] = guests.map(len).to_numpy(float)
         if artist is not None:
-            out.update(_guest_features(guests, artist, table, period, config))
+            for name, values in _guest_features(guests, artist, table, period, config).items():
+                out[name] = values
             out["batch_artist_title_log_copies"] = np.log(
                 b.groupby([artist, base])[columns.artist].transform("size").astype(float).to_numpy()
             )
@@ -371,7 +413,8 @@ def _period_features(
             out["single"] = (title.str.lower() == lower_album).to_numpy(float)
             out["title_track"] = (song_base.to_numpy() == album_base.to_numpy()).astype(float)
             out["title_in_album_name"] = np.array([float(s in a) for s, a in zip(song_base, lower_album)], dtype=float)
-    return pd.DataFrame(out, index=b.index).astype(np.float32)
+    index = b.index if keep is None else b.index[keep]
+    return pd.DataFrame(dict(out), index=index, copy=False)
 
 
 def _guest_features(

@@ -292,13 +292,15 @@ class TrendResidualModel:
         }
         return periods.astype(int).map(levels).to_numpy(float)
 
-    def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """Popularity for each row of ``frame`` (raw columns; pass a whole period's batch at once).
+    def predict(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
+        """Popularity for each row of ``frame`` (raw columns; pass a whole period's batch at once),
+        or for the rows where ``rows`` is true only (their batch features still count every row).
 
         A row of period ``t`` reads the label history of periods before ``t`` only.
         """
-        x = build_features(self.history, frame, self.columns, self.config.features)
-        return self.level(frame[self.columns.period]) + self.predict_residual(x)
+        x = build_features(self.history, frame, self.columns, self.config.features, rows=rows)
+        periods = frame[self.columns.period]
+        return self.level(periods if rows is None else periods[np.asarray(rows, dtype=bool)]) + self.predict_residual(x)
 
     def predict_residual(self, x: pd.DataFrame) -> np.ndarray:
         # In slices of PREDICT_BATCH_ROWS rows: a million rows' hidden activations at once would
@@ -317,25 +319,59 @@ class TrendResidualModel:
         return torch.from_numpy(values.astype(np.float32))
 
 
+# Rows hashed at once by _row_keys: the hash is per row, so slices change nothing but the size of
+# the temporary copy of the hashed columns.
+HASH_BATCH_ROWS = 262_144
+
+
 def _row_keys(frame: pd.DataFrame, columns: FeatureColumns) -> np.ndarray:
     """A hash of each row's content: the replay sample and the training order depend on what a row
     holds, never on where it sits, so shuffling the input changes nothing."""
     used = [*columns.inputs(), columns.target]
-    return pd.util.hash_pandas_object(frame[used], index=False).to_numpy(np.uint64)
+    keys = np.empty(len(frame), dtype=np.uint64)
+    for start in range(0, len(frame), HASH_BATCH_ROWS):
+        part = frame.iloc[start : start + HASH_BATCH_ROWS][used]
+        keys[start : start + len(part)] = pd.util.hash_pandas_object(part, index=False).to_numpy(np.uint64)
+    return keys
+
+
+def smallest_keys(keys: np.ndarray, eligible: np.ndarray, limit: int | None) -> np.ndarray:
+    """Positions of the eligible rows in ascending key order (ties in position order), at most
+    ``limit`` of them: the first ``limit`` rows of a stable sort by key, found before any row is
+    featurized. Keys are content hashes, so the rows kept are a uniform sample."""
+    positions = np.flatnonzero(np.asarray(eligible, dtype=bool))
+    ordered = positions[np.argsort(keys[positions], kind="stable")]
+    return ordered if limit is None else ordered[:limit]
 
 
 def _labelled_rows(
-    history: LabelHistory, labelled: pd.DataFrame, fit: np.ndarray, columns: FeatureColumns, config: TrendResidualConfig
-) -> pd.DataFrame:
-    """Featurized fit rows of ``labelled`` with their residual target, period and row key."""
-    x = build_features(history, labelled, columns, config.features)
+    history: LabelHistory,
+    labelled: pd.DataFrame,
+    fit: np.ndarray,
+    columns: FeatureColumns,
+    config: TrendResidualConfig,
+    limit: int | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """(featurized fit rows of ``labelled`` with their residual target, period and row key, sorted
+    by key; the number of fit rows).
+
+    With ``limit``, only the ``limit`` fit rows with the smallest keys are featurized: every
+    sample a training draws from these rows (:func:`_fit_sample`, :func:`_replay_buffer`) is a
+    prefix in key order, so a limit of at least the largest sample gives the same model as
+    featurizing every row, at the memory of the sample (the batch statistics still count every
+    row of a period).
+    """
+    keys = _row_keys(labelled, columns)
+    chosen = smallest_keys(keys, fit, limit)
+    wanted = np.zeros(len(labelled), dtype=bool)
+    wanted[chosen] = True
+    x = build_features(history, labelled, columns, config.features, rows=wanted)
+    # x is in position order; put it in key order.
+    x = x.iloc[np.searchsorted(np.flatnonzero(wanted), chosen)].reset_index(drop=True)
     period = labelled[columns.period].astype(int)
-    rows = x.assign(
-        residual=(labelled[columns.target].astype(float) - period.map(history.period_means)).to_numpy(),
-        period=period.to_numpy(),
-        row_key=_row_keys(labelled, columns),
-    )
-    return rows[np.asarray(fit)].reset_index(drop=True)
+    residual = (labelled[columns.target].astype(float) - period.map(history.period_means)).to_numpy()
+    rows = x.assign(residual=residual[chosen], period=period.to_numpy()[chosen], row_key=keys[chosen])
+    return rows, int(np.count_nonzero(fit))
 
 
 def _replay_buffer(rows: pd.DataFrame, size: int) -> pd.DataFrame:
@@ -344,13 +380,19 @@ def _replay_buffer(rows: pd.DataFrame, size: int) -> pd.DataFrame:
     return rows.sort_values("row_key", kind="stable").head(size).reset_index(drop=True)
 
 
-def _fit_sample(rows: pd.DataFrame, max_rows: int) -> pd.DataFrame:
+def _fit_sample(rows: pd.DataFrame, max_rows: int, total: int | None = None) -> pd.DataFrame:
     """The rows a training fits: all of ``rows`` (sorted by ``row_key``) up to ``max_rows``, else the
-    ``max_rows`` with the smallest keys, a uniform sample since the keys are content hashes."""
+    ``max_rows`` with the smallest keys, a uniform sample since the keys are content hashes.
+    ``total``: how many rows ``rows`` was drawn from, for the log (default ``len(rows)``)."""
     if len(rows) > max_rows:
-        logger.info("fitting a uniform sample of %d of %d rows (max_fit_rows)", max_rows, len(rows))
+        logger.info("fitting a uniform sample of %d of %d rows (max_fit_rows)", max_rows, total or len(rows))
         return rows.head(max_rows)
     return rows
+
+
+def _featurized_rows(config: TrendResidualConfig) -> int:
+    """How many fit rows a training featurizes: the largest prefix in key order it can use."""
+    return max(config.max_fit_rows, config.replay_buffer_rows)
 
 
 def _fit_residual(
@@ -373,12 +415,11 @@ def train_trend_residual(
     cfg = config.trend_residual
     started = time.perf_counter()
     history = LabelHistory.from_labelled(labelled, columns, mean_rows=fit)
-    rows = _labelled_rows(history, labelled, fit, columns, cfg)
+    rows, n_fit = _labelled_rows(history, labelled, fit, columns, cfg, limit=_featurized_rows(cfg))
     features = tuple(c for c in rows.columns if c not in ("residual", "period", "row_key"))
     built = time.perf_counter()
-    rows = rows.sort_values("row_key", kind="stable")
     buffer = _replay_buffer(rows, cfg.replay_buffer_rows)
-    rows = _fit_sample(rows, cfg.max_fit_rows)
+    rows = _fit_sample(rows, cfg.max_fit_rows, total=n_fit)
     x = rows[list(features)].to_numpy(np.float64)
     mean, std = x.mean(axis=0), x.std(axis=0)
     std[~(std > 0)] = 1.0  # a constant column carries no signal; keep it harmless
@@ -428,15 +469,18 @@ def fine_tune_trend_residual(
     started = time.perf_counter()
     columns = parent.columns
     history = parent.history.updated(LabelHistory.from_labelled(labelled, columns, mean_rows=fit))
-    new_rows = _labelled_rows(history, labelled, fit, columns, cfg)
+    new_rows, n_new = _labelled_rows(history, labelled, fit, columns, cfg, limit=_featurized_rows(cfg))
     built = time.perf_counter()
     replaced = set(int(p) for p in labelled[columns.period].unique())
     old = parent.replay[~parent.replay["period"].isin(replaced)]
-    n_replay = min(len(old), int(round(cfg.replay_share * len(new_rows))))
+    # The replay share is of every new fit row, featurized or not.
+    n_replay = min(len(old), int(round(cfg.replay_share * n_new)))
     rng = np.random.default_rng([config.seed, max(replaced)])
     replayed = old.iloc[np.sort(rng.choice(len(old), size=n_replay, replace=False))] if n_replay else old.head(0)
     rows = _fit_sample(
-        pd.concat([new_rows, replayed], ignore_index=True).sort_values("row_key", kind="stable"), cfg.max_fit_rows
+        pd.concat([new_rows, replayed], ignore_index=True).sort_values("row_key", kind="stable"),
+        cfg.max_fit_rows,
+        total=n_new + n_replay,
     )
     scaled_x = torch.from_numpy(
         ((rows[list(parent.features)].to_numpy(np.float64) - parent.feature_mean) / parent.feature_std).astype(
@@ -470,7 +514,7 @@ def fine_tune_trend_residual(
     )
     logger.info(
         "trend_residual fine-tune on %d new + %d replayed rows: features %.2f s, training %.2f s",
-        len(new_rows),
+        n_new,
         n_replay,
         model.feature_seconds,
         model.train_seconds,
@@ -485,6 +529,15 @@ def _keeping_shape(config: TrendResidualConfig, parent: TrendResidualConfig) -> 
 
 # -- saving and loading ----------------------------------------------------------------------------
 AnyModel = TrainedModel | TrendResidualModel
+
+
+def predict_rows(model: AnyModel, frame: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
+    """``model``'s predictions for the rows of ``frame`` where ``rows`` is true, described as part
+    of the whole batch: the memory of those rows' features, not of the batch's. The network sees
+    other slices than when it scores the whole batch, so values may differ in float32 rounding."""
+    if isinstance(model, TrendResidualModel):
+        return model.predict(frame, rows=rows)
+    return model.predict(frame[np.asarray(rows, dtype=bool)])
 
 
 def save(model: AnyModel, directory: Path) -> dict[str, Path]:

@@ -43,9 +43,22 @@ class TrainingPlan:
 Planner = Callable[[Settings, int, Any, "AnyModel | None"], TrainingPlan]
 
 
-def fingerprint(train: pd.DataFrame, **inputs: Any) -> str:
-    """A hash of the training rows and every other input that changes the trained model."""
-    data_hash = int(pd.util.hash_pandas_object(train, index=False).sum()) & (2**63 - 1)
+# Rows hashed at once by fingerprint: the row hashes are summed, so slices give the same digest
+# without a copy of a multi-million-row frame.
+HASH_BATCH_ROWS = 262_144
+
+
+def fingerprint(train: pd.DataFrame, extra: dict[str, np.ndarray] | None = None, **inputs: Any) -> str:
+    """A hash of the training rows (with ``extra`` columns appended, e.g. which rows are fitted)
+    and every other input that changes the trained model."""
+    total = 0
+    for start in range(0, len(train), HASH_BATCH_ROWS):
+        part = train.iloc[start : start + HASH_BATCH_ROWS]
+        if extra:
+            part = part.assign(**{name: values[start : start + len(part)] for name, values in extra.items()})
+        # A uint64 sum wraps around, as the sum of all rows' hashes at once does.
+        total += int(pd.util.hash_pandas_object(part, index=False).to_numpy(np.uint64).sum())
+    data_hash = total % 2**64 & (2**63 - 1)
     payload = json.dumps({"data": data_hash, **inputs}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
@@ -99,7 +112,8 @@ def plan_trend_residual(settings: Settings, period: int, parent: Any, parent_mod
         return model_lib.train_trend_residual(labelled, fit, model_lib.feature_columns(settings.dataset, labelled), cfg)
 
     digest = fingerprint(
-        labelled.assign(_fit=fit),
+        labelled,
+        extra={"_fit": fit},
         period=period,
         strategy="trend_residual",
         parent=str(parent.version) if parent and warm_parent else None,

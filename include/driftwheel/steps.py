@@ -338,6 +338,7 @@ def retrain_model(settings: Settings, period: int, run_id: str, champion_version
     A model that predicts a non-finite value for any held-out row of the period is not
     registered: the result then has ``version`` None and the reason in ``refused``.
     """
+    from driftwheel import model as model_lib
     from driftwheel import planners, registry, report
 
     client = _client(settings)
@@ -354,7 +355,8 @@ def retrain_model(settings: Settings, period: int, run_id: str, champion_version
     trained = plan.train()
     current = store.read_partition(settings.curated_dir, period)
     held_out = evaluate.holdout_mask(current[settings.dataset.id_column], settings.gate.holdout_fraction)
-    predictions = np.asarray(trained.predict(current), dtype=float)[held_out]
+    # Only finiteness is asked of these rows, so only they are featurized and scored.
+    predictions = np.asarray(model_lib.predict_rows(trained, current, held_out), dtype=float)
     if not np.isfinite(predictions).all():
         bad = int((~np.isfinite(predictions)).sum())
         reason = f"the {plan.strategy} model predicts non-finite values for {bad} of {len(predictions)} held-out rows"
