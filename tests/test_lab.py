@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_the_benchmark_keeps_its_policies_and_the_lab_has_every_trigger() -> Non
 
 def test_the_lab_command_writes_the_matrix(tmp_path: Path) -> None:
     # What a user types, as a subprocess: one scenario (a file: popularity jumps 8 points in 2015),
-    # two policies, few rows and years (about 40 s on an idle 2-core machine).
+    # two policies, few rows and years (about 40 s on an idle 2-core machine), then again on two workers.
     scenario = tmp_path / "jump_2015.json"
     scenario.write_text(
         json.dumps(
@@ -111,6 +112,22 @@ def test_the_lab_command_writes_the_matrix(tmp_path: Path) -> None:
     assert f"| {scenario} |" in markdown and "![" in markdown and "(jump_2015.png)" in markdown
     plot = out / "jump_2015.png"
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+    # Two workers (a cell each, sharing the drift reports) give the same matrix as one.
+    again = [*command[: command.index("--jobs")], "--jobs", "2", "--out", str(tmp_path / "lab2")]
+    again += ["--state-dir", str(tmp_path / "state2")]
+    done = subprocess.run(again, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 worker(s)" in done.stdout
+    assert _numbers(json.loads((tmp_path / "lab2" / "lab.json").read_text())) == _numbers(summary)
+
+
+def _numbers(value: Any) -> Any:
+    """The lab's JSON without what the clock and the worker count say."""
+    timing = {"seconds", "cpu_seconds", "jobs", "wall_seconds", "retrain_seconds"}
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items() if k not in timing}
+    return value
 
 
 def test_the_lab_command_names_an_unknown_scenario(tmp_path: Path) -> None:
