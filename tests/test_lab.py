@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from driftwheel.lab import CellResult, LabYears, PeriodResult, detection_delay, first_change, summarize_cell
+from driftwheel.lab import (
+    CellResult,
+    LabYears,
+    PeriodResult,
+    default_losses,
+    detection_delay,
+    first_change,
+    summarize_cell,
+)
 from driftwheel.policies import BENCHMARK_POLICIES, LAB_POLICIES, POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,3 +147,22 @@ def test_the_lab_command_names_an_unknown_scenario(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "unknown scenario 'drifty'" in done.stderr and "label_sudden" in done.stderr
+
+
+def test_the_default_losses_are_listed_largest_first() -> None:
+    def entry(**means: float | None) -> dict[str, Any]:
+        return {"policies": {p: {"mean_production_rmse": m} for p, m in means.items()}}
+
+    summary = {
+        "scenarios": {
+            "won": entry(default=5.0, static=6.0),
+            "tied": entry(default=5.0, static=5.0),
+            "lost_a_bit": entry(default=6.0, static=5.5, full_retrain=7.0),
+            "lost_more": entry(default=8.0, static=9.0, study_transfer=6.0),
+            "unfinished": entry(default=None, static=5.0),
+        }
+    }
+    losses = default_losses(summary)
+    assert [loss["scenario"] for loss in losses] == ["lost_more", "lost_a_bit"]
+    assert losses[0]["best"] == ["study_transfer"] and losses[0]["by"] == pytest.approx(2.0)
+    assert losses[1]["best_rmse"] == pytest.approx(5.5)

@@ -261,6 +261,20 @@ def winners(entry: dict[str, Any], tolerance: float = 0.0) -> list[str]:
     return [p for p, m in means.items() if m <= best + tolerance]
 
 
+def default_losses(summary: dict[str, Any], policy: str = "default") -> list[dict[str, Any]]:
+    """The scenarios where ``policy`` is not the best, largest loss first: the scenario, the
+    policy's mean production RMSE, the best policies and their mean, and the difference."""
+    losses = []
+    for name, entry in summary["scenarios"].items():
+        mine = entry["policies"].get(policy, {}).get("mean_production_rmse")
+        best = winners(entry)
+        if mine is None or not best or policy in best:
+            continue
+        best_rmse = entry["policies"][best[0]]["mean_production_rmse"]
+        losses.append({"scenario": name, "default": mine, "best": best, "best_rmse": best_rmse, "by": mine - best_rmse})
+    return sorted(losses, key=lambda loss: -loss["by"])
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -306,6 +320,20 @@ def matrix_markdown(summary: dict[str, Any], command: str) -> str:
             continue
         cells = [_delay(entry["policies"][p]["detection_delay"]) if p in entry["policies"] else "" for p in policies]
         lines.append(f"| {name} ({entry['change_year']}) | " + " | ".join(cells) + " |")
+    losses = default_losses(summary)
+    if losses:
+        lines += [
+            "",
+            "## Where the default loses (its mean production RMSE minus the best policy's)",
+            "",
+            "| scenario | default | best | by | % |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {loss['scenario']} | {_fmt(loss['default'])} | {', '.join(loss['best'])} {_fmt(loss['best_rmse'])} | "
+            f"{_fmt(loss['by'])} | {100 * loss['by'] / loss['best_rmse']:.1f} |"
+            for loss in losses
+        ]
     lines += ["", "## Per scenario", ""]
     for name, entry in summary["scenarios"].items():
         change = entry["change_year"]
