@@ -93,3 +93,35 @@ def test_a_sampled_report_flags_the_same_shift_as_the_whole_period(tmp_path: Pat
         sample_rows(current, 2000, "track_id"), sample_rows(reference, 2000, "track_id"), tmp_path / "sampled"
     )
     assert sampled.column_drifted == whole.column_drifted and sampled.target_drifted == whole.target_drifted
+
+
+def test_a_cached_report_is_reused_only_for_the_same_inputs(tmp_path: Path) -> None:
+    # The drift lab shares a cache between the policies of a scenario (DriftPolicy.report_cache_dir).
+    cache = tmp_path / "cache"
+    policy = DriftPolicy(report_cache_dir=cache)
+    reference = make_tracks(2010, n=300)
+    current = make_tracks(2011, n=300, seed=1, level=62)
+
+    def report(frame, out: Path, drift_policy: DriftPolicy = policy):  # type: ignore[no-untyped-def]
+        return drift_report(
+            frame, reference, SPOTIFY_AUDIO_FEATURES, "popularity", out, drift_policy,
+            period=2011, reference_periods=[2009, 2010],
+        )  # fmt: skip
+
+    uncached = report(current, tmp_path / "plain", DriftPolicy())
+    first = report(current, tmp_path / "a")
+    assert len(list(cache.glob("*.json"))) == 1 and len(list(cache.glob("*.html"))) == 1
+    assert first.json_path.read_bytes() == next(cache.glob("*.json")).read_bytes()
+    assert (first.column_scores, first.target_drift_score) == (uncached.column_scores, uncached.target_drift_score)
+
+    # Reused, not recomputed: an edit of the stored report shows in the next result.
+    stored = next(cache.glob("*.json"))
+    stored.write_text(stored.read_text().replace(repr(first.target_drift_score), "0.0", 1))
+    assert report(current, tmp_path / "b").target_drift_score == 0.0
+
+    # Other rows, or another test threshold, are another report.
+    other = report(make_tracks(2011, n=300, seed=2, level=62), tmp_path / "c")
+    assert other.target_drift_score > 0.0 and other.column_scores != first.column_scores
+    stricter = report(current, tmp_path / "d", DriftPolicy(report_cache_dir=cache, drift_threshold=0.2))
+    assert stricter.target_drift_score == pytest.approx(uncached.target_drift_score)
+    assert len(list(cache.glob("*.json"))) == 3

@@ -6,10 +6,19 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from driftwheel.lab import CellResult, LabYears, PeriodResult, detection_delay, first_change, summarize_cell
+from driftwheel.lab import (
+    CellResult,
+    LabYears,
+    PeriodResult,
+    default_losses,
+    detection_delay,
+    first_change,
+    summarize_cell,
+)
 from driftwheel.policies import BENCHMARK_POLICIES, LAB_POLICIES, POLICIES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,7 +90,7 @@ def test_the_benchmark_keeps_its_policies_and_the_lab_has_every_trigger() -> Non
 
 def test_the_lab_command_writes_the_matrix(tmp_path: Path) -> None:
     # What a user types, as a subprocess: one scenario (a file: popularity jumps 8 points in 2015),
-    # two policies, few rows and years (about 40 s on an idle 2-core machine).
+    # two policies, few rows and years (about 40 s on an idle 2-core machine), then again on two workers.
     scenario = tmp_path / "jump_2015.json"
     scenario.write_text(
         json.dumps(
@@ -112,6 +121,22 @@ def test_the_lab_command_writes_the_matrix(tmp_path: Path) -> None:
     plot = out / "jump_2015.png"
     assert plot.read_bytes().startswith(b"\x89PNG")
 
+    # Two workers (a cell each, sharing the drift reports) give the same matrix as one.
+    again = [*command[: command.index("--jobs")], "--jobs", "2", "--out", str(tmp_path / "lab2")]
+    again += ["--state-dir", str(tmp_path / "state2")]
+    done = subprocess.run(again, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 worker(s)" in done.stdout
+    assert _numbers(json.loads((tmp_path / "lab2" / "lab.json").read_text())) == _numbers(summary)
+
+
+def _numbers(value: Any) -> Any:
+    """The lab's JSON without what the clock and the worker count say."""
+    timing = {"seconds", "cpu_seconds", "jobs", "wall_seconds", "retrain_seconds"}
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items() if k not in timing}
+    return value
+
 
 def test_the_lab_command_names_an_unknown_scenario(tmp_path: Path) -> None:
     done = subprocess.run(
@@ -122,3 +147,22 @@ def test_the_lab_command_names_an_unknown_scenario(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "unknown scenario 'drifty'" in done.stderr and "label_sudden" in done.stderr
+
+
+def test_the_default_losses_are_listed_largest_first() -> None:
+    def entry(**means: float | None) -> dict[str, Any]:
+        return {"policies": {p: {"mean_production_rmse": m} for p, m in means.items()}}
+
+    summary = {
+        "scenarios": {
+            "won": entry(default=5.0, static=6.0),
+            "tied": entry(default=5.0, static=5.0),
+            "lost_a_bit": entry(default=6.0, static=5.5, full_retrain=7.0),
+            "lost_more": entry(default=8.0, static=9.0, study_transfer=6.0),
+            "unfinished": entry(default=None, static=5.0),
+        }
+    }
+    losses = default_losses(summary)
+    assert [loss["scenario"] for loss in losses] == ["lost_more", "lost_a_bit"]
+    assert losses[0]["best"] == ["study_transfer"] and losses[0]["by"] == pytest.approx(2.0)
+    assert losses[1]["best_rmse"] == pytest.approx(5.5)

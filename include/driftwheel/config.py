@@ -228,6 +228,10 @@ class DriftPolicy:
     # size each column's test already detects shifts far below the threshold that flags a column
     # (docs/benchmark/scale.md); the seed data (~2,000 rows a year, 14,000 pooled) is never sampled.
     report_rows: PositiveInt = 50_000
+    # A folder of drift reports to reuse: a report whose inputs (rows, columns, tests, title) are
+    # the same as a stored one's is copied instead of computed (None: every report is computed).
+    # The drift lab sets it: every policy of a scenario replays the same data, so the same reports.
+    report_cache_dir: Path | None = None
 
 
 @dataclass(frozen=True, config=_STRICT_FIELDS)

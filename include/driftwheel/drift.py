@@ -13,10 +13,12 @@ and the reference; the caller logs them to MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import html as html_lib
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,12 +105,13 @@ def drift_report(
 
     columns = [f for f in features if f in current.columns and f in reference.columns]
     label = reference_label(reference_periods)
+    # The report's "Dataset Drift is detected" verdict uses the decision's own share.
+    drift_share = policy.max_drift_share if math.isfinite(policy.max_drift_share) else 1.0
     report = Report(
         [
             DataDriftPreset(
                 columns=columns,
-                # The report's "Dataset Drift is detected" verdict uses the decision's own share.
-                drift_share=policy.max_drift_share if math.isfinite(policy.max_drift_share) else 1.0,
+                drift_share=drift_share,
                 num_method=policy.numeric_method,
                 cat_method=policy.categorical_method,
                 threshold=policy.drift_threshold,
@@ -116,21 +119,35 @@ def drift_report(
             ValueDrift(column=target, method=policy.numeric_method, threshold=policy.drift_threshold),
         ]
     )
+    # Everything the report above is built from (the cache's key, with the data and the title).
+    config = {
+        "columns": columns,
+        "target": target,
+        "drift_share": drift_share,
+        "methods": [policy.numeric_method, policy.categorical_method],
+        "threshold": policy.drift_threshold,
+    }
     title = (
         f"Drift of {period} ({len(current)} rows) against {label} ({len(reference)} rows): "
         f"{policy.numeric_method} (numeric, target), {policy.categorical_method} (categorical), "
         f"drift at >= {policy.drift_threshold:g}"
     )
-    snapshot = report.run(
-        _distribution_order(current[[*columns, target]], target),
-        _distribution_order(reference[[*columns, target]], target),
-        name=title,
-    )
+    current_data = _distribution_order(current[[*columns, target]], target)
+    reference_data = _distribution_order(reference[[*columns, target]], target)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"drift_{period}_vs_{label.replace(',', '_')}"
     html_path, json_path = out_dir / f"{stem}.html", out_dir / f"{stem}.json"
-    store.write_text(html_path, _titled(snapshot.get_html_str(as_iframe=False), title, target))
-    store.write_atomic(json_path, lambda tmp: snapshot.save_json(str(tmp)))
+    cached = _cached_report(policy, config, title, current_data, reference_data)
+    if cached is not None and cached[0].is_file() and cached[1].is_file():
+        store.write_atomic(html_path, lambda tmp: shutil.copyfile(cached[0], tmp))
+        store.write_atomic(json_path, lambda tmp: shutil.copyfile(cached[1], tmp))
+    else:
+        snapshot = report.run(current_data, reference_data, name=title)
+        store.write_text(html_path, _titled(snapshot.get_html_str(as_iframe=False), title, target))
+        store.write_atomic(json_path, lambda tmp: snapshot.save_json(str(tmp)))
+        if cached is not None:  # the JSON last: a report is found only once both files are there
+            store.write_atomic(cached[0], lambda tmp: shutil.copyfile(html_path, tmp))
+            store.write_atomic(cached[1], lambda tmp: shutil.copyfile(json_path, tmp))
     # A rerun against another reference replaces the period's report instead of adding one.
     for stale in [*out_dir.glob("drift_*.html"), *out_dir.glob("drift_*.json")]:
         if stale not in (html_path, json_path):
@@ -139,7 +156,8 @@ def drift_report(
     scores: dict[str, float] = {}
     drifted: dict[str, bool] = {}
     methods: dict[str, str] = {}
-    for metric in snapshot.dict()["metrics"]:
+    # Read back from the saved JSON, computed or reused alike: both give the same numbers.
+    for metric in json.loads(json_path.read_text(encoding="utf-8"))["metrics"]:
         if metric["config"].get("type", "").endswith(":ValueDrift"):
             column = metric["config"]["column"]
             scores[column] = float(metric["value"])
@@ -169,6 +187,27 @@ def drift_report(
         html_path,
     )
     return result
+
+
+def _cached_report(
+    policy: DriftPolicy, config: dict[str, Any], title: str, current: pd.DataFrame, reference: pd.DataFrame
+) -> tuple[Path, Path] | None:
+    """Where the report of these inputs is (or goes) in ``policy.report_cache_dir``: its HTML and
+    JSON paths; None without a cache.
+
+    The name is a hash of everything the report reads: both frames' values, columns and dtypes,
+    the report's configuration (columns, tests, thresholds, drift share) and its title.
+    """
+    if policy.report_cache_dir is None:
+        return None
+    digest = hashlib.sha256()
+    for frame in (current, reference):
+        digest.update(json.dumps([list(map(str, frame.columns)), list(map(str, frame.dtypes))]).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    digest.update(json.dumps(config, sort_keys=True).encode())
+    digest.update(title.encode())
+    key = digest.hexdigest()[:32]
+    return policy.report_cache_dir / f"{key}.html", policy.report_cache_dir / f"{key}.json"
 
 
 def _distribution_order(frame: pd.DataFrame, target: str) -> pd.DataFrame:

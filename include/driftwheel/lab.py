@@ -107,8 +107,14 @@ def first_change(scenario_name: str, scored: Sequence[int]) -> int | None:
     return changes[0] if changes else None
 
 
-def cell_settings(base: Settings, scenario: str, policy: str, years: LabYears, state_dir: Path) -> Settings:
-    """``base`` under ``policy``, generating ``scenario``'s data, in ``state_dir`` with its own MLflow store."""
+def cell_settings(
+    base: Settings, scenario: str, policy: str, years: LabYears, state_dir: Path, report_cache: Path | None = None
+) -> Settings:
+    """``base`` under ``policy``, generating ``scenario``'s data, in ``state_dir`` with its own MLflow store.
+
+    ``report_cache``: a folder of drift reports shared by the cells (``DriftPolicy.report_cache_dir``):
+    every policy of a scenario replays the same data, so its drift reports are computed once.
+    """
     configure = POLICIES[policy].configure
     if configure is None:
         raise ValueError(f"policy {policy!r} trains no model: the lab replays retrain policies only")
@@ -123,7 +129,11 @@ def cell_settings(base: Settings, scenario: str, policy: str, years: LabYears, s
         synthetic=dataclasses.replace(base.synthetic, scenario=scenario),
         training=dataclasses.replace(base.training, warmup_start=years.first, warmup_end=years.warmup_end),
     )
-    return configure(settings)
+    settings = configure(settings)
+    if report_cache is None:
+        return settings
+    # After the policy: a policy may replace the whole drift policy (``never`` does).
+    return dataclasses.replace(settings, drift=dataclasses.replace(settings.drift, report_cache_dir=report_cache))
 
 
 def run_cell(
@@ -134,16 +144,19 @@ def run_cell(
     state_root: Path,
     on_period: Callable[[PeriodOutcome], None] | None = None,
     empty_mlflow_db: Path | None = None,
+    report_cache: Path | None = None,
 ) -> CellResult:
     """Replay ``years`` of ``scenario`` under ``policy`` from an empty state (``state_root/<scenario>/policy``).
 
     ``empty_mlflow_db``: a copy of an MLflow SQLite store with its tables created and nothing in
     them (:func:`make_empty_mlflow_db`) to start the cell's store from: creating the tables runs
-    MLflow's migrations, seconds per cell that say nothing about a policy.
+    MLflow's migrations, seconds per cell that say nothing about a policy. ``report_cache``: see
+    :func:`cell_settings`; a reused report is the same file as a computed one, so the cell's numbers
+    do not depend on it.
     """
     state = state_root / slug(scenario) / policy
     shutil.rmtree(state, ignore_errors=True)  # a cell starts from nothing: no champion, no data
-    settings = cell_settings(base, scenario, policy, years, state)
+    settings = cell_settings(base, scenario, policy, years, state, report_cache)
     if empty_mlflow_db is not None:
         state.mkdir(parents=True)
         shutil.copyfile(empty_mlflow_db, state / "mlflow.db")
@@ -248,6 +261,20 @@ def winners(entry: dict[str, Any], tolerance: float = 0.0) -> list[str]:
     return [p for p, m in means.items() if m <= best + tolerance]
 
 
+def default_losses(summary: dict[str, Any], policy: str = "default") -> list[dict[str, Any]]:
+    """The scenarios where ``policy`` is not the best, largest loss first: the scenario, the
+    policy's mean production RMSE, the best policies and their mean, and the difference."""
+    losses = []
+    for name, entry in summary["scenarios"].items():
+        mine = entry["policies"].get(policy, {}).get("mean_production_rmse")
+        best = winners(entry)
+        if mine is None or not best or policy in best:
+            continue
+        best_rmse = entry["policies"][best[0]]["mean_production_rmse"]
+        losses.append({"scenario": name, "default": mine, "best": best, "best_rmse": best_rmse, "by": mine - best_rmse})
+    return sorted(losses, key=lambda loss: -loss["by"])
+
+
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -293,6 +320,20 @@ def matrix_markdown(summary: dict[str, Any], command: str) -> str:
             continue
         cells = [_delay(entry["policies"][p]["detection_delay"]) if p in entry["policies"] else "" for p in policies]
         lines.append(f"| {name} ({entry['change_year']}) | " + " | ".join(cells) + " |")
+    losses = default_losses(summary)
+    if losses:
+        lines += [
+            "",
+            "## Where the default loses (its mean production RMSE minus the best policy's)",
+            "",
+            "| scenario | default | best | by | % |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {loss['scenario']} | {_fmt(loss['default'])} | {', '.join(loss['best'])} {_fmt(loss['best_rmse'])} | "
+            f"{_fmt(loss['by'])} | {100 * loss['by'] / loss['best_rmse']:.1f} |"
+            for loss in losses
+        ]
     lines += ["", "## Per scenario", ""]
     for name, entry in summary["scenarios"].items():
         change = entry["change_year"]

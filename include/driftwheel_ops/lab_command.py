@@ -1,7 +1,10 @@
 """``python -m driftwheel lab``: every retrain policy on every drift scenario, one matrix.
 
-Each scenario runs in a worker process (``--jobs``, default: the machine's cores); inside it every
-policy replays the flywheel's steps over the scenario's years (:func:`driftwheel.lab.run_cell`).
+Each cell (a policy on a scenario) runs in a worker process (``--jobs``, default: the machine's
+cores) and replays the flywheel's steps over the scenario's years (:func:`driftwheel.lab.run_cell`)
+from an empty state. The cells share a folder of drift reports: every policy of a scenario sees
+the same data, so each drift report is computed once and reused (the same file, the same numbers).
+A cell's numbers do not depend on ``--jobs``: every worker trains on one thread, from fixed seeds.
 Writes ``OUT/lab.json``, ``OUT/lab.md`` and ``OUT/<scenario>.png`` (production RMSE per year and
 policy, the change marked). The cells' state (data, SQLite MLflow stores) goes to ``--state-dir``
 (default ``<state>/lab``), never next to the output: ``make lab`` writes into the docs.
@@ -15,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import shlex
+import shutil
 import sys
 import time
 import warnings
@@ -62,7 +66,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     command.add_argument("--last-year", type=int, default=lab.LabYears.last, help="last year (default %(default)s)")
     command.add_argument(
-        "--jobs", type=int, default=os.cpu_count() or 1, help="scenarios run at once (default: the cores, %(default)s)"
+        "--jobs", type=int, default=os.cpu_count() or 1, help="cells run at once (default: the cores, %(default)s)"
     )
     command.set_defaults(func=run_lab)
 
@@ -75,25 +79,30 @@ def _quiet() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def run_scenario(
-    scenario: str, policies: list[str], years: lab.LabYears, rows: int, state_root: Path, empty_db: Path
-) -> list[lab.CellResult]:
-    """Every policy on one scenario, one after the other (a worker's job); prints a line per cell."""
+def _worker() -> None:
+    """A worker's setup: quiet, and torch on one thread. The workers already fill the cores, and a
+    sum over one thread adds in one order: a cell trains the same model whatever ``--jobs`` is."""
+    import torch
+
     _quiet()
+    torch.set_num_threads(1)
+
+
+def run_one(
+    scenario: str, policy: str, years: lab.LabYears, rows: int, state_root: Path, empty_db: Path, cache: Path
+) -> lab.CellResult:
+    """One policy on one scenario (a worker's job); prints its line of the matrix."""
     base = lab.base_settings(state_root, rows)
-    cells = []
-    for policy in policies:
-        cell = lab.run_cell(base, scenario, policy, years, state_root, empty_mlflow_db=empty_db)
-        summary = lab.summarize_cell(cell, years)
-        delay = summary["detection_delay"]
-        print(
-            f"  {scenario:<22} {policy:<16} mean RMSE {lab._fmt(summary['mean_production_rmse']):>6}  "
-            f"retrains {summary['retrains']}  promoted {summary['promotions']}  rejected {summary['rejected']}  "
-            f"delay {'-' if delay is None else delay}  ({cell.seconds:.0f} s, {cell.cpu_seconds:.0f} s CPU)",
-            flush=True,
-        )
-        cells.append(cell)
-    return cells
+    cell = lab.run_cell(base, scenario, policy, years, state_root, empty_mlflow_db=empty_db, report_cache=cache)
+    summary = lab.summarize_cell(cell, years)
+    delay = summary["detection_delay"]
+    print(
+        f"  {scenario:<22} {policy:<16} mean RMSE {lab._fmt(summary['mean_production_rmse']):>6}  "
+        f"retrains {summary['retrains']}  promoted {summary['promotions']}  rejected {summary['rejected']}  "
+        f"delay {'-' if delay is None else delay}  ({cell.seconds:.0f} s, {cell.cpu_seconds:.0f} s CPU)",
+        flush=True,
+    )
+    return cell
 
 
 def write_plot(name: str, entry: dict[str, Any], summary: dict[str, Any], path: Path) -> None:
@@ -152,7 +161,8 @@ def run_lab(args: argparse.Namespace) -> int:
     state_root = (args.state_dir or Settings.from_env().state_dir / "lab").resolve()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    jobs = max(1, min(args.jobs, len(args.scenarios)))
+    order = [(scenario, policy) for scenario in args.scenarios for policy in args.policies]
+    jobs = max(1, min(args.jobs, len(order)))
     print(
         f"drift lab: {len(args.scenarios)} scenarios x {len(args.policies)} policies, {args.rows} tracks a year, "
         f"{years.first}-{years.last} (warm-up to {years.warmup_end}); {jobs} worker(s); state in {state_root}",
@@ -161,20 +171,33 @@ def run_lab(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _quiet()
     empty_db = lab.make_empty_mlflow_db(state_root / "empty-mlflow.db")
-    cells: list[lab.CellResult] = []
+    # Emptied first: a report of an earlier run (other code, another Evidently) is never reused.
+    cache = state_root / "drift-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    cells: dict[tuple[str, str], lab.CellResult] = {}
+    left = {scenario: len(args.policies) for scenario in args.scenarios}
     # spawn, not fork: a forked torch or MLflow (threads, open SQLite handles) can hang a child.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker) as pool:
+        # Submitted scenario by scenario: a scenario's cells run close together and finish it early.
         futures = {
-            pool.submit(run_scenario, scenario, args.policies, years, args.rows, state_root, empty_db): scenario
-            for scenario in args.scenarios
+            pool.submit(run_one, scenario, policy, years, args.rows, state_root, empty_db, cache): (scenario, policy)
+            for scenario, policy in order
         }
-        for done, future in enumerate(as_completed(futures), start=1):
-            cells += future.result()  # a failed cell ends the lab with its traceback
+        done = 0
+        for future in as_completed(futures):
+            scenario, policy = futures[future]
+            cells[scenario, policy] = future.result()  # a failed cell ends the lab with its traceback
+            left[scenario] -= 1
+            if left[scenario]:
+                continue
+            done += 1
             elapsed = time.perf_counter() - started
-            # Written after every scenario: a long matrix shows (and keeps) what is done so far.
-            summary = write_outputs(cells, years, args, out, elapsed, jobs)
-            print(f"[{done}/{len(futures)}] {futures[future]} done ({elapsed:.0f} s elapsed)", flush=True)
+            # Written after every scenario: a long matrix shows (and keeps) what is done so far. In
+            # the order asked for, not the order finished: the files do not depend on --jobs.
+            finished = [cells[key] for key in order if key in cells and not left[key[0]]]
+            summary = write_outputs(finished, years, args, out, elapsed, jobs)
+            print(f"[{done}/{len(left)}] {scenario} done ({elapsed:.0f} s elapsed)", flush=True)
 
     print(
         f"\n{len(cells)} cells in {summary['seconds']:.0f} s with {jobs} worker(s), {summary['cpu_seconds']:.0f} s CPU"
