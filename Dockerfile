@@ -16,6 +16,7 @@ RUN pip install --no-cache-dir \
       -r /requirements.txt \
  && mkdir -m 0775 /opt/airflow/state /opt/airflow/mlartifacts
 
-ENV PYTHONPATH=/opt/airflow/include \
+# plugins/ holds driftwheel_airflow, which Airflow's processes import by name (the Celery preload).
+ENV PYTHONPATH=/opt/airflow/include:/opt/airflow/plugins \
     FLYWHEEL_STATE_DIR=/opt/airflow/state \
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false

@@ -1,7 +1,8 @@
 """Dependencies point one way: dags/ and driftwheel_ops -> driftwheel -> third-party libraries.
 
 The library never imports Airflow (it must run from a notebook, a CLI or a benchmark), nor the
-operations package, nor the process-supervision modules that package uses.
+operations package, nor the process-supervision modules that package uses. Nothing under include/
+imports Airflow: the code Airflow's processes import by name lives in plugins/driftwheel_airflow/.
 """
 
 import ast
@@ -41,10 +42,25 @@ def test_the_library_imports_neither_the_operations_package_nor_process_tools() 
     assert offenders == []
 
 
-def test_the_operations_package_imports_no_airflow() -> None:
-    # It drives Airflow through its CLI and REST API, as an operator would, so it runs in any venv.
-    offenders = [f"{p.name}: {n}" for p, n in _imports(OPERATIONS) if n.split(".")[0] == "airflow"]
+def test_nothing_under_include_imports_airflow() -> None:
+    # The operations package drives Airflow through its CLI and REST API, as an operator would, so
+    # it runs in any venv; what runs inside Airflow's processes lives in plugins/driftwheel_airflow/.
+    packages = sorted(p.parent for p in INCLUDE.glob("*/__init__.py"))
+    assert {LIBRARY, OPERATIONS} <= set(packages)  # the walk below sees the packages it must
+    offenders = [f"{p.relative_to(INCLUDE)}: {n}" for p, n in _imports(INCLUDE) if n.split(".")[0] == "airflow"]
     assert offenders == []
+
+
+def test_the_airflow_side_package_is_not_loaded_as_a_plugin() -> None:
+    # The plugins manager execs every .py file of the plugins folder that .airflowignore does not
+    # exclude; celery_preload.py would then preload torch into the api-server and the scheduler.
+    from airflow._shared.module_loading import find_path_from_directory
+
+    plugins = INCLUDE.parent / "plugins"
+    assert (plugins / "driftwheel_airflow" / "preloading_executor.py").is_file()
+    loaded = [Path(f).relative_to(plugins) for f in find_path_from_directory(str(plugins), ".airflowignore", "glob")]
+    assert Path("flywheel_links.py") in loaded
+    assert [f for f in loaded if f.parts[0] == "driftwheel_airflow"] == []
 
 
 def test_importing_the_steps_and_the_cli_loads_no_airflow() -> None:

@@ -247,7 +247,8 @@ def test_compose_has_the_celery_topology() -> None:
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://"), name
         assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://"), name
-        assert env["PYTHONPATH"] == "/opt/airflow/include", name
+        # plugins/ holds driftwheel_airflow, which the workers import by name (their preload).
+        assert env["PYTHONPATH"] == "/opt/airflow/include:/opt/airflow/plugins", name
         assert env["FLYWHEEL_MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
         targets = {volume.split(":")[1] for volume in services[name]["volumes"]}
         assert {"/opt/airflow/dags", "/opt/airflow/include", "/opt/airflow/plugins"} <= targets, name
@@ -267,6 +268,20 @@ def test_workers_scale() -> None:
     worker = _compose()["services"]["airflow-worker"]
     assert "container_name" not in worker and "ports" not in worker
     assert all("container_name" not in service for service in _compose()["services"].values())
+
+
+def test_workers_preload_the_tasks_libraries_as_the_native_stacks_do() -> None:
+    """Each worker imports the preload module at start (Celery's `imports`), which imports the same
+    modules the native stack's workers do, from the image's plugins/ mount."""
+    from driftwheel_ops.native_stack import CELERY_PRELOAD_MODULE
+    from driftwheel_ops.preload import DEFAULT_MODULES, PRELOAD_ENV, modules_from_env
+
+    worker = _environment(interpolate(_compose(), _env_example())["services"]["airflow-worker"])
+    assert json.loads(worker["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"]) == {"imports": [CELERY_PRELOAD_MODULE]}
+    assert modules_from_env({PRELOAD_ENV: worker[PRELOAD_ENV]}) == DEFAULT_MODULES
+    module = REPO / "plugins" / (CELERY_PRELOAD_MODULE.replace(".", "/") + ".py")
+    assert module.is_file() and "/opt/airflow/plugins" in worker["PYTHONPATH"].split(":")
+    assert "/opt/airflow/plugins" in re.search(r"^ENV PYTHONPATH=(\S+)", _dockerfile(), re.MULTILINE)[1].split(":")
 
 
 def test_start_up_is_gated_by_health_and_the_init_job() -> None:

@@ -76,6 +76,12 @@ TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 PROCESSES: tuple[str, ...] = ("api-server", "dag-processor", "scheduler")
 POLL_SECONDS = 1.0
 SCHEDULER_IDLE_SLEEP = 0.2
+# Where ``driftwheel_airflow`` lives: the code Airflow's own processes import by name from their
+# settings (the executor below, the Celery workers' preload). It imports airflow, so it is kept out
+# of include/ and next to the other Airflow code, in plugins/ (whose .airflowignore keeps the plugins
+# manager from loading it as a plugin). Always on PYTHONPATH: a stack whose plugins folder is not
+# this one (tests, the benchmark) still needs its executor.
+AIRFLOW_CODE_DIR = Path(__file__).resolve().parents[2] / "plugins"
 ADMIN_USER = "admin"
 # Inherited by every descendant of the stack's processes; its value is the stack's state dir.
 STACK_MARKER_ENV = "DRIFTWHEEL_OPS_STACK"
@@ -313,7 +319,7 @@ class LocalStack:
         plugins = {}
         if self.config.plugins_folder is not None:
             plugins = {"AIRFLOW__CORE__PLUGINS_FOLDER": str(self.config.plugins_folder.resolve())}
-        python_path = [str(p.resolve()) for p in self.config.python_path]
+        python_path = [str(p.resolve()) for p in (*self.config.python_path, AIRFLOW_CODE_DIR)]
         if os.environ.get("PYTHONPATH"):
             python_path.append(os.environ["PYTHONPATH"])
         return {

@@ -351,13 +351,16 @@ class NativeStack(LocalStack):
             self._log_server_port = _free_port()
             for uri in (self.airflow_db_uri, self.mlflow_db_uri, self.mlflow_auth_db_uri):
                 _ensure_database(uri)
+            procs = self.processes()
+            if "mlflow" in missing:
+                # MLflow boots (tens of seconds on a busy machine) while Airflow's database migrates
+                # below: neither needs the other.
+                self._write_mlflow_auth_ini()
+                self._spawn("mlflow", procs["mlflow"], self.mlflow_env)
             if "api-server" in missing:
                 # A running api-server means `up` migrated the database when it started it.
                 self.airflow("db", "migrate", timeout=600)
-            procs = self.processes()
             if "mlflow" in missing:
-                self._write_mlflow_auth_ini()
-                self._spawn("mlflow", procs["mlflow"], self.mlflow_env)
                 self._wait_mlflow(timeout=self.start_timeout)
             # Every `up`, so that a new or rotated password in mlflow-users.json takes effect.
             self._provision_task_user()
