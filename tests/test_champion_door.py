@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tracks import land, make_tracks
@@ -60,7 +61,13 @@ def test_a_model_predicting_non_finite_values_is_never_registered(
     flywheel: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_id, champion = _start_2012(flywheel)
-    monkeypatch.setattr(model_lib.TrendResidualModel, "predict", lambda self, frame: np.full(len(frame), np.nan))
+
+    def nan_predictions(
+        self: model_lib.TrendResidualModel, frame: pd.DataFrame, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        return np.full(len(frame) if rows is None else int(np.count_nonzero(rows)), np.nan)
+
+    monkeypatch.setattr(model_lib.TrendResidualModel, "predict", nan_predictions)
     challenger = steps.retrain_model(flywheel, 2012, run_id, champion)
     assert challenger["version"] is None and "non-finite values for" in challenger["refused"]
     gate = steps.evaluate_challenger(flywheel, 2012, run_id, None, champion, challenger["refused"])
