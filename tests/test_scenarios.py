@@ -12,7 +12,9 @@ from driftwheel.scenarios import KINDS, PRESETS, SHAPES, Scenario, ScenarioError
 
 
 def test_every_kind_and_shape_has_a_preset_besides_stable_and_the_default() -> None:
-    expected = {f"{kind}_{shape}" for kind in KINDS for shape in SHAPES} | {"stable", "spotify_like"}
+    # new_artists_incremental would be new_artists_gradual again: a track's artist is new or not.
+    expected = {f"{kind}_{shape}" for kind in KINDS for shape in SHAPES} - {"new_artists_incremental"}
+    expected |= {"stable", "spotify_like"}
     assert set(PRESETS) == expected
     assert PRESETS["spotify_like"].baseline == "spotify_like" and not PRESETS["spotify_like"].shifts
     assert PRESETS["stable"].baseline == "stable" and not PRESETS["stable"].shifts
@@ -64,6 +66,10 @@ SHIFT = {"kind": "covariate", "shape": "sudden", "start": 2016, "severity": 1.0,
         ({"name": "x", "shifts": [{**SHIFT, "kind": "concept", "features": ["tempo"]}]}, "'tempo'"),
         ({"name": "x", "shifts": [{**SHIFT, "kind": "new_artists", "features": [], "severity": 2.0}]}, "severity"),
         ({"name": "x", "shifts": [{**SHIFT, "shape": "recurring", "years": 1}]}, "period"),
+        (
+            {"name": "x", "shifts": [{**SHIFT, "kind": "new_artists", "features": [], "shape": "incremental"}]},
+            "cannot be incremental",
+        ),
         ({"shifts": []}, "name"),
     ],
 )

@@ -171,6 +171,7 @@ SCENARIO_PRESETS: tuple[str, ...] = (
         f"{kind}_{shape}"
         for kind in ("covariate", "label", "concept", "new_artists")
         for shape in ("sudden", "gradual", "incremental", "recurring", "blip")
+        if (kind, shape) != ("new_artists", "incremental")
     ),
 )
 

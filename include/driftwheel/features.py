@@ -21,6 +21,7 @@ set without artist, title or album columns simply gets fewer features.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +226,46 @@ def _dtype(column: str) -> str:
 
 
 # -- building the features of one period's batch ------------------------------------------------
+# Rows featurized at once: the per-row work (text parsing, lookups, the float32 columns) runs on
+# slices of this many rows, so a million-row period never holds a million rows' intermediates.
+# Each row's features depend on the row and on its period's context only, so slices change nothing.
+FEATURE_BATCH_ROWS = 65_536
+
+
+def iter_features(
+    history: LabelHistory,
+    batch: pd.DataFrame,
+    columns: FeatureColumns,
+    config: FeatureConfig,
+    rows: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+    """The features of ``batch``'s rows (those where ``rows`` is true, default all), slice by slice:
+    ``(positions in batch, their features)``, at most :data:`FEATURE_BATCH_ROWS` rows at a time.
+
+    Rows are grouped by period; each period is one ingest batch, described from
+    ``history.before(period)`` and its own label-free columns. The period's context (history
+    aggregates, group counts over every row of the period) is computed once, so a row's features
+    are the same whether it is asked for alone or with all the others, while the memory held is
+    that of one slice.
+    """
+    wanted = np.ones(len(batch), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+    if len(wanted) != len(batch):
+        raise ValueError(f"rows has {len(wanted)} entries for a batch of {len(batch)} rows")
+    if batch.empty or not wanted.any():
+        return
+    unlabelled = batch.drop(columns=[columns.target], errors="ignore").reset_index(drop=True)
+    for period, group in unlabelled.groupby(columns.period, sort=True):
+        positions = group.index.to_numpy()
+        kept = np.flatnonzero(wanted[positions])
+        if not len(kept):
+            continue
+        context = _period_context(history.before(int(period)), group, int(period), columns, config)
+        for start in range(0, len(kept), FEATURE_BATCH_ROWS):
+            part = kept[start : start + FEATURE_BATCH_ROWS]
+            features = _period_features(context, group.iloc[part].reset_index(drop=True), columns, config)
+            yield positions[part], features
+
+
 def build_features(
     history: LabelHistory,
     batch: pd.DataFrame,
@@ -232,36 +273,18 @@ def build_features(
     config: FeatureConfig,
     rows: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row of model inputs per row of ``batch``, in its order and with its index.
-
-    Rows are grouped by period; each period is treated as one ingest batch and described from
-    ``history.before(period)`` and its own label-free columns. The label column, if present, is
-    dropped first. Pass a whole period at once: batch features count tracks within the frame.
-
-    ``rows`` (a boolean mask over ``batch``) asks for the features of those rows only, in batch
-    order and with their index: the batch statistics still count every row of each period, so a
-    row's features are the same whether it is asked for alone or with all the others, while the
-    memory held is that of the rows asked for (a million-row period's features for a 100,000-row
-    training sample).
-    """
-    unlabelled = batch.drop(columns=[columns.target], errors="ignore").reset_index(drop=True)
+    """One row of model inputs per row of ``batch`` (or per row where ``rows`` is true), in batch
+    order and with its index: :func:`iter_features` gathered. The label column, if present, is
+    never read. Pass a whole period at once: batch features count tracks within the frame."""
     wanted = np.ones(len(batch), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
-    if len(wanted) != len(batch):
-        raise ValueError(f"rows has {len(wanted)} entries for a batch of {len(batch)} rows")
-    index = batch.index[wanted]
-    if unlabelled.empty or not wanted.any():
-        empty = _period_features(history, unlabelled.head(0), 0, columns, config)
-        return empty.set_axis(index[:0])
-    pieces = []
-    for period, group in unlabelled.groupby(columns.period, sort=True):
-        keep = wanted[group.index.to_numpy()]
-        if not keep.any():
-            continue
-        built = _period_features(
-            history.before(int(period)), group.reset_index(drop=True), int(period), columns, config, keep=keep
+    pieces = [built.set_axis(positions) for positions, built in iter_features(history, batch, columns, config, rows)]
+    if not pieces:
+        probe = batch.drop(columns=[columns.target], errors="ignore").head(0)
+        empty = _period_features(
+            _period_context(LabelHistory.empty(), probe, 0, columns, config), probe, columns, config
         )
-        pieces.append(built.set_axis(group.index[keep]))  # positions in the batch
-    return pd.concat(pieces).sort_index().set_axis(index)
+        return empty.set_axis(batch.index[:0])
+    return pd.concat(pieces).sort_index().set_axis(batch.index[wanted])
 
 
 def feature_names(columns: FeatureColumns) -> tuple[str, ...]:
@@ -270,7 +293,7 @@ def feature_names(columns: FeatureColumns) -> tuple[str, ...]:
     for c in (columns.artist, columns.title, columns.album):
         if c:
             probe[c] = pd.Series(dtype=object)
-    return tuple(_period_features(LabelHistory.empty(), probe, 0, columns, FeatureConfig()).columns)
+    return tuple(build_features(LabelHistory.empty(), probe, columns, FeatureConfig()).columns)
 
 
 def _aggregate(table: pd.DataFrame, kind: str, period: int, decay: float) -> pd.DataFrame:
@@ -307,125 +330,158 @@ def _lookup(aggregated: pd.DataFrame, key: pd.Series, key2: pd.Series | None = N
     return aggregated.reindex(index).reset_index(drop=True).fillna(0.0)
 
 
+def _count(counts: pd.Series, key: pd.Series, key2: pd.Series | None = None) -> np.ndarray:
+    """Each row's group size from a period's ``counts`` (every row's key is in them)."""
+    index = key if key2 is None else pd.MultiIndex.from_arrays([key, key2])
+    return counts.reindex(index).astype(float).to_numpy()
+
+
 def _non_ascii(values: pd.Series) -> np.ndarray:
     return values.astype(str).map(lambda text: float(any(ord(ch) > 127 for ch in text))).to_numpy(float)
 
 
-class _Kept(dict[str, np.ndarray]):
-    """The feature columns of the kept rows, as float32: each column computed on the whole batch
-    (batch statistics need every row) is cut to the kept rows at once, so only one full-length
-    column is alive at a time. Casting column by column gives the values a cast of the whole
-    frame would."""
+@dataclass(frozen=True)
+class _PeriodContext:
+    """What a row's features read besides the row itself, computed once per period: the label
+    history aggregated as of the period (per kind of key) and the batch's group sizes over every
+    row of the period (tracks per artist, copies of a title, ...)."""
 
-    def __init__(self, keep: np.ndarray | None) -> None:
-        super().__init__()
-        self.keep = keep
+    period: int
+    history: dict[str, pd.DataFrame]
+    batch: dict[str, pd.Series]
+    # Past record of each artist as main artist or guest, for the guest features.
+    artist_sums: dict[str, float]
+    artist_counts: dict[str, float]
+    batch_artists: dict[str, int]
 
-    def __setitem__(self, name: str, values: np.ndarray | pd.Series) -> None:
-        column = np.asarray(values, dtype=np.float32)
-        super().__setitem__(name, column if self.keep is None else column[self.keep])
+
+def _period_context(
+    history: LabelHistory, b: pd.DataFrame, period: int, columns: FeatureColumns, config: FeatureConfig
+) -> _PeriodContext:
+    table = history.table
+    aggregated = {kind: _aggregate(table, kind, period, config.decay) for kind in ("artist", "guest", "title", "album")}
+    batch: dict[str, pd.Series] = {}
+    artist = b[columns.artist].astype(str) if columns.artist else None
+    title = b[columns.title].astype(str) if columns.title else None
+    album = b[columns.album].astype(str) if columns.album else None
+    artist_sums: dict[str, float] = {}
+    artist_counts: dict[str, float] = {}
+    batch_artists: dict[str, int] = {}
+    if artist is not None:
+        batch["artist"] = artist.value_counts()
+        batch_artists = batch["artist"].to_dict()
+    if title is not None:
+        base = title.map(base_title)
+        batch["base_title"] = base.value_counts()
+        if artist is not None:
+            guests = title.map(guest_artists)
+            batch["guest_mentions"] = guests.explode().dropna().value_counts()
+            batch["artist_base_title"] = base.groupby([artist, base]).size()
+            as_artist, as_guest = aggregated["artist"], aggregated["guest"]
+            sums = as_artist["s"].groupby(level=0).sum().add(as_guest["s"].groupby(level=0).sum(), fill_value=0.0)
+            counts = as_artist["n"].groupby(level=0).sum().add(as_guest["n"].groupby(level=0).sum(), fill_value=0.0)
+            artist_sums, artist_counts = sums.to_dict(), counts.to_dict()
+    if album is not None:
+        batch["album"] = album.value_counts()
+        if artist is not None:
+            batch["artist_album"] = album.groupby([artist, album]).size()
+            batch["artist_albums"] = album.groupby(artist).nunique()
+    return _PeriodContext(period, aggregated, batch, artist_sums, artist_counts, batch_artists)
 
 
 def _period_features(
-    history: LabelHistory,
-    b: pd.DataFrame,
-    period: int,
-    columns: FeatureColumns,
-    config: FeatureConfig,
-    keep: np.ndarray | None = None,
+    context: _PeriodContext, b: pd.DataFrame, columns: FeatureColumns, config: FeatureConfig
 ) -> pd.DataFrame:
-    """The features of ``b``'s rows where ``keep`` is true (default all), from all of ``b``."""
+    """The features of ``b``'s rows (some rows of the context's period), as float32 columns."""
     k = config.shrinkage
-    out = _Kept(keep)
+    period = context.period
+    out: dict[str, np.ndarray] = {}
+
+    def put(name: str, values: np.ndarray | pd.Series) -> None:
+        out[name] = np.asarray(values, dtype=np.float32)
+
     for name in columns.numeric:
-        out[name] = b[name].astype(float).to_numpy()
+        put(name, b[name].astype(float).to_numpy())
     if "duration_ms" in columns.numeric:
         # Durations are heavy-tailed: a 20-minute mix would dominate a standardized raw value.
-        out["duration_ms"] = np.log(b["duration_ms"].astype(float).clip(lower=30_000)).to_numpy()
+        put("duration_ms", np.log(b["duration_ms"].astype(float).clip(lower=30_000)).to_numpy())
 
     artist = b[columns.artist].astype(str) if columns.artist else None
     title = b[columns.title].astype(str) if columns.title else None
     album = b[columns.album].astype(str) if columns.album else None
-    table = history.table
+    seen = context.history
+    batch = context.batch
 
     if artist is not None:
-        a = _lookup(_aggregate(table, "artist", period, config.decay), artist)
+        a = _lookup(seen["artist"], artist)
         n = a["n"].to_numpy(float)
-        out["artist_seen"] = (n > 0).astype(float)
-        out["artist_log_tracks"] = np.log1p(n)
-        out["artist_periods"] = a["periods"].to_numpy(float)
-        out["artist_shrunk_residual"] = a["s"].to_numpy(float) / (n + k)
-        out["artist_decayed_residual"] = a["ws"].to_numpy(float) / (a["wn"].to_numpy(float) + 1.0)
-        out["artist_periods_since"] = np.where(n > 0, period - a["last"].to_numpy(float), 0.0)
-        out["artist_last_residual"] = a["last_res"].to_numpy(float) * (n / (n + k))
-        out["artist_max_residual"] = a["mx"].to_numpy(float)
+        put("artist_seen", (n > 0).astype(float))
+        put("artist_log_tracks", np.log1p(n))
+        put("artist_periods", a["periods"].to_numpy(float))
+        put("artist_shrunk_residual", a["s"].to_numpy(float) / (n + k))
+        put("artist_decayed_residual", a["ws"].to_numpy(float) / (a["wn"].to_numpy(float) + 1.0))
+        put("artist_periods_since", np.where(n > 0, period - a["last"].to_numpy(float), 0.0))
+        put("artist_last_residual", a["last_res"].to_numpy(float) * (n / (n + k)))
+        put("artist_max_residual", a["mx"].to_numpy(float))
         per_period = np.divide(n, a["periods"].to_numpy(float), out=np.zeros_like(n), where=n > 0)
-        out["artist_log_tracks_per_period"] = np.log1p(per_period)
-        in_batch = artist.groupby(artist).transform("size").astype(float).to_numpy()
-        out["batch_artist_log_tracks"] = np.log(in_batch)
+        put("artist_log_tracks_per_period", np.log1p(per_period))
+        in_batch = _count(batch["artist"], artist)
+        put("batch_artist_log_tracks", np.log(in_batch))
         # More tracks in this batch than the artist usually places: a breakout year.
-        out["batch_artist_vs_history"] = np.log(in_batch) - np.where(n > 0, np.log1p(per_period), 0.0)
-        out["artist_non_ascii"] = _non_ascii(artist)
-        guest = _lookup(_aggregate(table, "guest", period, config.decay), artist)
-        out["artist_guest_shrunk_residual"] = guest["s"].to_numpy(float) / (guest["n"].to_numpy(float) + k)
-        out["artist_guest_log_tracks"] = np.log1p(guest["n"].to_numpy(float))
+        put("batch_artist_vs_history", np.log(in_batch) - np.where(n > 0, np.log1p(per_period), 0.0))
+        put("artist_non_ascii", _non_ascii(artist))
+        guest = _lookup(seen["guest"], artist)
+        put("artist_guest_shrunk_residual", guest["s"].to_numpy(float) / (guest["n"].to_numpy(float) + k))
+        put("artist_guest_log_tracks", np.log1p(guest["n"].to_numpy(float)))
 
     if title is not None:
         lower = title.str.lower()
         for name, pattern in TITLE_WORDS.items():
-            out[f"title_{name}"] = lower.str.contains(pattern, regex=True).to_numpy(float)
-        out["title_dash"] = lower.str.contains(" - ", regex=False).to_numpy(float)
-        out["title_brackets"] = lower.str.contains(r"[\(\[]", regex=True).to_numpy(float)
-        out["title_non_ascii"] = _non_ascii(title)
-        out["title_log_length"] = np.log1p(lower.str.len().to_numpy(float))
+            put(f"title_{name}", lower.str.contains(pattern, regex=True).to_numpy(float))
+        put("title_dash", lower.str.contains(" - ", regex=False).to_numpy(float))
+        put("title_brackets", lower.str.contains(r"[\(\[]", regex=True).to_numpy(float))
+        put("title_non_ascii", _non_ascii(title))
+        put("title_log_length", np.log1p(lower.str.len().to_numpy(float)))
         base = title.map(base_title)
-        out["batch_title_log_copies"] = np.log(base.groupby(base).transform("size").astype(float).to_numpy())
-        seen_title = _lookup(_aggregate(table, "title", period, config.decay), base)
-        out["title_seen_log_tracks"] = np.log1p(seen_title["n"].to_numpy(float))
-        out["title_seen_shrunk_residual"] = seen_title["s"].to_numpy(float) / (seen_title["n"].to_numpy(float) + k)
+        put("batch_title_log_copies", np.log(_count(batch["base_title"], base)))
+        seen_title = _lookup(seen["title"], base)
+        put("title_seen_log_tracks", np.log1p(seen_title["n"].to_numpy(float)))
+        put("title_seen_shrunk_residual", seen_title["s"].to_numpy(float) / (seen_title["n"].to_numpy(float) + k))
         guests = title.map(guest_artists)
-        out["guest_count"] = guests.map(len).to_numpy(float)
+        put("guest_count", guests.map(len).to_numpy(float))
         if artist is not None:
-            for name, values in _guest_features(guests, artist, table, period, config).items():
-                out[name] = values
-            out["batch_artist_title_log_copies"] = np.log(
-                b.groupby([artist, base])[columns.artist].transform("size").astype(float).to_numpy()
-            )
+            for name, values in _guest_features(guests, artist, context, config).items():
+                put(name, values)
+            put("batch_artist_title_log_copies", np.log(_count(batch["artist_base_title"], artist, base)))
 
     if album is not None:
         lower_album = album.str.lower()
         for name, pattern in ALBUM_WORDS.items():
-            out[f"album_{name}"] = lower_album.str.contains(pattern, regex=True).to_numpy(float)
-        out["batch_album_log_tracks"] = np.log(album.groupby(album).transform("size").astype(float).to_numpy())
+            put(f"album_{name}", lower_album.str.contains(pattern, regex=True).to_numpy(float))
+        put("batch_album_log_tracks", np.log(_count(batch["album"], album)))
         if artist is not None:
-            by_artist_album = b.groupby([artist, album])[columns.album].transform("size").astype(float).to_numpy()
-            out["batch_artist_album_log_tracks"] = np.log(by_artist_album)
-            out["batch_artist_log_albums"] = np.log(album.groupby(artist).transform("nunique").astype(float).to_numpy())
-            out["batch_artist_album_share"] = (
-                by_artist_album / artist.groupby(artist).transform("size").astype(float).to_numpy()
-            )
-            seen_album = _lookup(_aggregate(table, "album", period, config.decay), artist, album)
-            out["album_seen_log_tracks"] = np.log1p(seen_album["n"].to_numpy(float))
-            out["album_seen_shrunk_residual"] = seen_album["s"].to_numpy(float) / (seen_album["n"].to_numpy(float) + k)
+            by_artist_album = _count(batch["artist_album"], artist, album)
+            put("batch_artist_album_log_tracks", np.log(by_artist_album))
+            put("batch_artist_log_albums", np.log(_count(batch["artist_albums"], artist)))
+            put("batch_artist_album_share", by_artist_album / _count(batch["artist"], artist))
+            seen_album = _lookup(seen["album"], artist, album)
+            put("album_seen_log_tracks", np.log1p(seen_album["n"].to_numpy(float)))
+            put("album_seen_shrunk_residual", seen_album["s"].to_numpy(float) / (seen_album["n"].to_numpy(float) + k))
         if title is not None:
             song_base = title.map(base_title)
             album_base = album.map(base_title)
-            out["single"] = (title.str.lower() == lower_album).to_numpy(float)
-            out["title_track"] = (song_base.to_numpy() == album_base.to_numpy()).astype(float)
-            out["title_in_album_name"] = np.array([float(s in a) for s, a in zip(song_base, lower_album)], dtype=float)
-    index = b.index if keep is None else b.index[keep]
-    return pd.DataFrame(dict(out), index=index, copy=False)
+            put("single", (title.str.lower() == lower_album).to_numpy(float))
+            put("title_track", (song_base.to_numpy() == album_base.to_numpy()).astype(float))
+            put("title_in_album_name", np.array([float(s in a) for s, a in zip(song_base, lower_album)], dtype=float))
+    return pd.DataFrame(out, index=b.index, copy=False)
 
 
 def _guest_features(
-    guests: pd.Series, artist: pd.Series, table: pd.DataFrame, period: int, config: FeatureConfig
+    guests: pd.Series, artist: pd.Series, context: _PeriodContext, config: FeatureConfig
 ) -> dict[str, np.ndarray]:
     """The track's guest artists: their past record (as main artist or guest) and demand this batch."""
     k = config.shrinkage
-    as_artist = _aggregate(table, "artist", period, config.decay)
-    as_guest = _aggregate(table, "guest", period, config.decay)
-    sums = as_artist["s"].groupby(level=0).sum().add(as_guest["s"].groupby(level=0).sum(), fill_value=0.0)
-    counts = as_artist["n"].groupby(level=0).sum().add(as_guest["n"].groupby(level=0).sum(), fill_value=0.0)
+    sums, counts = context.artist_sums, context.artist_counts
     best_residual = np.zeros(len(guests))
     best_count = np.zeros(len(guests))
     seen = np.zeros(len(guests))
@@ -435,14 +491,15 @@ def _guest_features(
             best_residual[i] = max(sums[name] / (counts[name] + k) for name in known)
             best_count[i] = np.log1p(max(counts[name] for name in known))
             seen[i] = 1.0
-    batch_artists = artist.value_counts()
-    guest_counts = guests.explode().dropna().value_counts()
+    batch_artists = context.batch_artists
     return {
         "guest_shrunk_residual": best_residual,
         "guest_log_tracks": best_count,
         "guest_seen": seen,
         # How many of this batch's tracks feature the artist as a guest: demand this period.
-        "batch_artist_as_guest_log": np.log1p(artist.map(guest_counts).fillna(0.0).astype(float).to_numpy()),
+        "batch_artist_as_guest_log": np.log1p(
+            artist.map(context.batch["guest_mentions"]).fillna(0.0).astype(float).to_numpy()
+        ),
         "batch_guests_as_artists_log": guests.map(
             lambda names: float(np.log1p(sum(batch_artists.get(n, 0) for n in names)))
         ).to_numpy(float),

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from driftwheel.config import DatasetSpec, TrainingConfig, TrendResidualConfig
-from driftwheel.features import FeatureColumns, LabelHistory, build_features, trend_level
+from driftwheel.features import FeatureColumns, LabelHistory, build_features, iter_features, trend_level
 
 logger = logging.getLogger(__name__)
 
@@ -298,9 +298,14 @@ class TrendResidualModel:
 
         A row of period ``t`` reads the label history of periods before ``t`` only.
         """
-        x = build_features(self.history, frame, self.columns, self.config.features, rows=rows)
-        periods = frame[self.columns.period]
-        return self.level(periods if rows is None else periods[np.asarray(rows, dtype=bool)]) + self.predict_residual(x)
+        wanted = np.ones(len(frame), dtype=bool) if rows is None else np.asarray(rows, dtype=bool)
+        periods = frame[self.columns.period].to_numpy()
+        predicted = np.full(len(frame), np.nan)
+        # Slice by slice (features.FEATURE_BATCH_ROWS): a million-row period's features and
+        # activations are never all alive at once.
+        for positions, x in iter_features(self.history, frame, self.columns, self.config.features, rows=wanted):
+            predicted[positions] = self.level(pd.Series(periods[positions])) + self.predict_residual(x)
+        return predicted[wanted]
 
     def predict_residual(self, x: pd.DataFrame) -> np.ndarray:
         # In slices of PREDICT_BATCH_ROWS rows: a million rows' hidden activations at once would

@@ -17,9 +17,9 @@ A shift has
   (covariate), popularity points (label), the fraction of a full sign flip of the weight, 0..1
   (concept), the share of tracks by new artists, 0..1 (new_artists).
 
-Scenarios are named presets (:data:`PRESETS`: every kind x shape, plus ``stable`` and
-``spotify_like``, the default) or JSON files of the same fields, read with :func:`load_scenario`.
-Validation is strict (no coercion, no unknown keys) and errors name the key. Generation stays a
+Scenarios are named presets (:data:`PRESETS`: every kind x shape but ``new_artists_incremental``,
+which would be ``new_artists_gradual`` again, plus ``stable`` and ``spotify_like``, the default)
+or JSON files of the same fields, read with :func:`load_scenario`. Validation is strict (no coercion, no unknown keys) and errors name the key. Generation stays a
 pure function of ``(seed, year, scenario)``: see :mod:`driftwheel.sources.synthetic`.
 """
 
@@ -109,6 +109,12 @@ class Shift(BaseModel):
             raise ValueError(f"severity: a {self.kind} shift's severity lies in 0..1, got {self.severity}")
         if not math.isfinite(self.severity):
             raise ValueError(f"severity: must be finite, got {self.severity}")
+        if self.kind == "new_artists" and self.shape == "incremental":
+            # A track is by a new artist or it is not: moving every row part of the way means
+            # moving a growing share of them, which is what gradual does.
+            raise ValueError(
+                "shape: a new_artists shift cannot be incremental (a track's artist is new or not); use gradual"
+            )
         if self.shape == "recurring" and self.years < 2:
             raise ValueError(f"years: a recurring shift's period is at least 2 years, got {self.years}")
         return self
@@ -185,7 +191,12 @@ PRESETS: dict[str, Scenario] = {
         baseline="spotify_like",
     ),
     "stable": Scenario(name="stable", description="no drift: every year from the same distribution"),
-    **{f"{kind}_{shape}": _preset(kind, shape) for kind in KINDS for shape in SHAPES},
+    **{
+        f"{kind}_{shape}": _preset(kind, shape)
+        for kind in KINDS
+        for shape in SHAPES
+        if (kind, shape) != ("new_artists", "incremental")
+    },
 }
 
 

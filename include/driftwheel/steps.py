@@ -429,6 +429,7 @@ def _gate(
     champion_version: str | None,
     refused: str | None = None,
 ) -> dict[str, Any]:
+    from driftwheel import model as model_lib
     from driftwheel import registry, report
 
     if version is None:
@@ -446,11 +447,12 @@ def _gate(
     held_out = evaluate.holdout_mask(current[spec.id_column], settings.gate.holdout_fraction)
     y = current[spec.target][held_out]
 
-    # Models score the whole period and are judged on its held-out rows: batch features (tracks
-    # per artist in the batch) describe the period as it arrived, not a fifth of it.
+    # Models are judged on the period's held-out rows, described as part of the whole period:
+    # batch features (tracks per artist in the batch) count the period as it arrived, not a fifth
+    # of it. The challenger scores only those rows; the champion's scores of the period are kept.
     challenger_version = client.get_model_version(settings.model_name, version)
-    challenger_pred = np.asarray(registry.load_trained(client, challenger_version).predict(current), dtype=float)
-    challenger_pred = challenger_pred[held_out]
+    challenger = registry.load_trained(client, challenger_version)
+    challenger_pred = np.asarray(model_lib.predict_rows(challenger, current, held_out), dtype=float)
     champion = client.get_model_version(settings.model_name, champion_version) if champion_version else None
     champion_pred = _champion_predictions(client, settings, period, champion, current)[held_out] if champion else None
     baseline_level = evaluate.baseline_level(settings.curated_dir, period, current, spec.target, held_out)
