@@ -38,6 +38,15 @@ class TrainingPlan:
     from_scratch: bool
     train: Callable[[], AnyModel]
 
+    def spent(self) -> TrainingPlan:
+        """This plan without its training closure, which holds every training row (all the pooled
+        periods of a cold start): what is left once :attr:`train` has run."""
+        return dataclasses.replace(self, train=_spent)
+
+
+def _spent() -> AnyModel:
+    raise RuntimeError("this training plan has been trained already (TrainingPlan.spent)")
+
 
 # A planner: (settings, period, parent version or None, parent model or None) -> plan.
 Planner = Callable[[Settings, int, Any, "AnyModel | None"], TrainingPlan]
@@ -123,7 +132,7 @@ def plan_trend_residual(settings: Settings, period: int, parent: Any, parent_mod
         ),
     )
     return TrainingPlan(
-        "trend_residual", digest, training_periods, int(fit.sum()), labelled.head(5), warm_parent is None, train
+        "trend_residual", digest, training_periods, int(fit.sum()), labelled.head(5).copy(), warm_parent is None, train
     )
 
 
@@ -180,7 +189,7 @@ def plan_study_net(settings: Settings, period: int, parent: Any, parent_model: A
         parent=str(parent.version) if parent else None,
         training=cfg.fingerprint_inputs(strategy, from_parent=strategy == "transfer", pooled=len(training_periods) > 1),
     )
-    return TrainingPlan(strategy, digest, training_periods, len(rows), rows.head(5), strategy == "full", train)
+    return TrainingPlan(strategy, digest, training_periods, len(rows), rows.head(5).copy(), strategy == "full", train)
 
 
 PLANNERS: dict[str, Planner] = {

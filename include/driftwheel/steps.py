@@ -353,6 +353,8 @@ def retrain_model(settings: Settings, period: int, run_id: str, champion_version
         return {"version": str(existing.version), "strategy": plan.strategy, "reused": True, "train_seconds": 0.0}
 
     trained = plan.train()
+    # Free the training rows and the parent's label history before the period is read again.
+    plan, parent_model = plan.spent(), None
     current = store.read_partition(settings.curated_dir, period)
     held_out = evaluate.holdout_mask(current[settings.dataset.id_column], settings.gate.holdout_fraction)
     # Only finiteness is asked of these rows, so only they are featurized and scored.
