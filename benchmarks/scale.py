@@ -214,8 +214,14 @@ RULES = """## What bounds the cost
 
 - **Columns.** The drift step reads only the id, features and label of the reference periods; the
   baseline reads only the label of the previous period (Parquet column projection).
-- **Scoring.** The champion scores the whole period once, in the drift step, in slices of 65,536
-  rows (`driftwheel.model.PREDICT_BATCH_ROWS`); the gate reuses those predictions.
+- **Scoring in slices.** The champion scores the whole period once, in the drift step; the gate
+  reuses those predictions and scores the challenger on the held-out rows only. Features are built
+  slice by slice (`driftwheel.features.iter_features`, 65,536 rows): what a row's features read
+  besides the row itself (the label history aggregated as of the period, and the period's group
+  counts: tracks per artist, copies of a title, tracks per album) is computed once per period over
+  every row, then each slice's text parsing, lookups, float32 columns and network outputs are
+  computed and dropped. A row's features are the same in any slice (`tests/test_features.py`);
+  scoring a 1 M-row synthetic period peaked at 1.5 GB instead of 2.6 GB with the same predictions.
 - **Drift on a sample** (`DriftPolicy.report_rows`, default 50,000): the period and the reference
   are each compared on a uniform sample of at most 50,000 rows, chosen by a hash of the row id
   (`driftwheel.drift.sample_rows`; independent of the holdout split and of row order). Evidently
@@ -239,12 +245,12 @@ RULES = """## What bounds the cost
   buffer of `replay_buffer_rows`) are prefixes of the fit rows in key order, so the keys are
   hashed first (from the raw columns, in slices of 262,144 rows) and only the
   max(`max_fit_rows`, `replay_buffer_rows`) rows with the smallest keys are featurized
-  (`driftwheel.model.smallest_keys`, `build_features(..., rows=)`); each feature column is computed
-  on the whole period, so batch statistics (tracks per artist in this period) still count every
-  row, then cut to the sample and stored as float32 at once. The models are the same as when every
-  row is featurized (`tests/test_model.py`), and the seed data's prequential table is unchanged to
-  the digit. The retrain's finite check scores only the held-out rows; the plan's fingerprint is
-  hashed in slices (the same digest, without a copy of the pooled years).
+  (`driftwheel.model.smallest_keys`, `build_features(..., rows=)`); batch statistics (tracks per
+  artist in this period) still count every row of the period. The models are the same as when
+  every row is featurized (`tests/test_model.py`), and the seed data's prequential table is
+  unchanged to the digit. The retrain's finite check scores only the held-out rows, after the
+  training rows and the parent model are released; the plan's fingerprint is hashed in slices
+  (the same digest, without a copy of the pooled years).
 """
 
 

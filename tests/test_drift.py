@@ -1,11 +1,12 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from tracks import make_tracks
 
 from driftwheel.config import SPOTIFY_AUDIO_FEATURES, DriftPolicy
-from driftwheel.drift import drift_report, reference_periods, sample_rows
+from driftwheel.drift import drift_report, reference_periods, sample_pooled, sample_rows
 from driftwheel.evaluate import holdout_mask
 
 
@@ -69,6 +70,16 @@ def test_a_frame_within_the_sample_size_is_compared_whole() -> None:
     assert sample_rows(frame, 500, "track_id") is frame
     # The default sample never bites on the seed data: ~2,000 rows a year, 7 warm-up years pooled.
     assert DriftPolicy().report_rows >= 7 * 2_000
+
+
+def test_sampling_periods_one_at_a_time_gives_the_pooled_sample() -> None:
+    # The drift step reads a million-row reference window one period at a time.
+    periods = [make_tracks(year, n=n) for year, n in ((2010, 1500), (2011, 400), (2012, 2500))]
+    pooled = pd.concat(periods, ignore_index=True)
+    for size in (300, 1000, 2000, 5000):
+        pd.testing.assert_frame_equal(
+            sample_pooled(iter(periods), size, "track_id"), sample_rows(pooled, size, "track_id")
+        )
 
 
 def test_the_sample_is_uniform_sized_and_follows_the_rows_not_their_order() -> None:

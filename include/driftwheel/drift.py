@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,19 @@ def sample_rows(frame: pd.DataFrame, max_rows: int, key: str) -> pd.DataFrame:
     hashes = pd.util.hash_pandas_object(frame[key].astype(str), index=False, hash_key=_SAMPLE_HASH_KEY).to_numpy()
     chosen = np.sort(np.argpartition(hashes, max_rows - 1)[:max_rows])
     return frame.iloc[chosen].reset_index(drop=True)
+
+
+def sample_pooled(frames: Iterable[pd.DataFrame], max_rows: int, key: str) -> pd.DataFrame:
+    """``sample_rows`` of the frames' concatenation (index reset), holding one frame at a time.
+
+    The pooled sample's rows are among each frame's own sample (a row among the lowest hashes of
+    the pool is among the lowest of its frame), so sampling each frame first, then the union, gives
+    the same rows in the same order.
+    """
+    parts = [sample_rows(frame, max_rows, key) for frame in frames]
+    if not parts:
+        raise ValueError("no frames to sample")
+    return sample_rows(pd.concat(parts, ignore_index=True), max_rows, key)
 
 
 def drift_report(

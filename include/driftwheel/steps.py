@@ -211,11 +211,17 @@ def report_drift(settings: Settings, period: int, run_tags: dict[str, str] | Non
     if reference_periods:
         features = _features(current, settings)
         compared = [spec.id_column, *features, spec.target]
-        reference = store.read_partitions(settings.curated_dir, reference_periods, columns=compared)
         sample = settings.drift.report_rows
+        # One reference period in memory at a time (the reference window of a million-row source
+        # is several million rows); the sample is the one of the pooled periods.
+        reference = drift_lib.sample_pooled(
+            (store.read_partition(settings.curated_dir, p, compared) for p in sorted(set(reference_periods))),
+            sample,
+            spec.id_column,
+        )
         drift = drift_lib.drift_report(
             drift_lib.sample_rows(current[compared], sample, spec.id_column),
-            drift_lib.sample_rows(reference, sample, spec.id_column),
+            reference,
             features,
             spec.target,
             settings.reports_dir / f"year={period}",
