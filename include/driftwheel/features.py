@@ -463,16 +463,15 @@ def _period_features(
             by_artist_album = _count(batch["artist_album"], artist, album)
             put("batch_artist_album_log_tracks", np.log(by_artist_album))
             put("batch_artist_log_albums", np.log(_count(batch["artist_albums"], artist)))
-            put("batch_artist_album_share", by_artist_album / _count(batch["artist"], artist))
+            put("batch_artist_album_share", by_artist_album / in_batch)
             seen_album = _lookup(seen["album"], artist, album)
             put("album_seen_log_tracks", np.log1p(seen_album["n"].to_numpy(float)))
             put("album_seen_shrunk_residual", seen_album["s"].to_numpy(float) / (seen_album["n"].to_numpy(float) + k))
         if title is not None:
-            song_base = title.map(base_title)
             album_base = album.map(base_title)
-            put("single", (title.str.lower() == lower_album).to_numpy(float))
-            put("title_track", (song_base.to_numpy() == album_base.to_numpy()).astype(float))
-            put("title_in_album_name", np.array([float(s in a) for s, a in zip(song_base, lower_album)], dtype=float))
+            put("single", (lower == lower_album).to_numpy(float))
+            put("title_track", (base.to_numpy() == album_base.to_numpy()).astype(float))
+            put("title_in_album_name", np.array([float(s in a) for s, a in zip(base, lower_album)], dtype=float))
     return pd.DataFrame(out, index=b.index, copy=False)
 
 

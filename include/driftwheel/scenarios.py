@@ -19,7 +19,8 @@ A shift has
 
 Scenarios are named presets (:data:`PRESETS`: every kind x shape but ``new_artists_incremental``,
 which would be ``new_artists_gradual`` again, plus ``stable`` and ``spotify_like``, the default)
-or JSON files of the same fields, read with :func:`load_scenario`. Validation is strict (no coercion, no unknown keys) and errors name the key. Generation stays a
+or JSON files of the same fields, read with :func:`load_scenario`. Validation is strict (no
+coercion, no unknown keys) and errors name the key. Generation stays a
 pure function of ``(seed, year, scenario)``: see :mod:`driftwheel.sources.synthetic`.
 """
 
@@ -45,6 +46,16 @@ __all__ = [
 Kind = Literal["covariate", "label", "concept", "new_artists"]
 Shape = Literal["sudden", "gradual", "incremental", "recurring", "blip"]
 KINDS: tuple[Kind, ...] = ("covariate", "label", "concept", "new_artists")
+# Shapes that are another shape again for a kind: a track's artist is new or it is not, so moving
+# every row part of the way (incremental) is moving a growing share of them (gradual).
+_SAME_AS_ANOTHER: frozenset[tuple[Kind, Shape]] = frozenset({("new_artists", "incremental")})
+
+
+def kind_takes(kind: Kind, shape: Shape) -> bool:
+    """Whether a shift of ``kind`` can have ``shape`` (presets exist for exactly these pairs)."""
+    return (kind, shape) not in _SAME_AS_ANOTHER
+
+
 SHAPES: tuple[Shape, ...] = ("sudden", "gradual", "incremental", "recurring", "blip")
 
 # The continuous audio features the synthetic source draws from latent normals (a covariate shift
@@ -109,11 +120,9 @@ class Shift(BaseModel):
             raise ValueError(f"severity: a {self.kind} shift's severity lies in 0..1, got {self.severity}")
         if not math.isfinite(self.severity):
             raise ValueError(f"severity: must be finite, got {self.severity}")
-        if self.kind == "new_artists" and self.shape == "incremental":
-            # A track is by a new artist or it is not: moving every row part of the way means
-            # moving a growing share of them, which is what gradual does.
+        if not kind_takes(self.kind, self.shape):
             raise ValueError(
-                "shape: a new_artists shift cannot be incremental (a track's artist is new or not); use gradual"
+                f"shape: a {self.kind} shift cannot be {self.shape} (a track's artist is new or not); use gradual"
             )
         if self.shape == "recurring" and self.years < 2:
             raise ValueError(f"years: a recurring shift's period is at least 2 years, got {self.years}")
@@ -191,12 +200,7 @@ PRESETS: dict[str, Scenario] = {
         baseline="spotify_like",
     ),
     "stable": Scenario(name="stable", description="no drift: every year from the same distribution"),
-    **{
-        f"{kind}_{shape}": _preset(kind, shape)
-        for kind in KINDS
-        for shape in SHAPES
-        if (kind, shape) != ("new_artists", "incremental")
-    },
+    **{f"{kind}_{shape}": _preset(kind, shape) for kind in KINDS for shape in SHAPES if kind_takes(kind, shape)},
 }
 
 
