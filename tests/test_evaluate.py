@@ -44,8 +44,32 @@ def test_gate_requires_the_margin_and_the_baseline() -> None:
     policy = GatePolicy(min_improvement=0.05)
     assert not gate(5.8, 6.0, 7.0, policy).passed  # 3% better: below the margin
     assert gate(5.6, 6.0, 7.0, policy).passed
-    assert not gate(5.6, 6.0, 5.5, policy).passed  # the naive baseline is better
+    assert not gate(5.6, None, 5.5, policy).passed  # first model: the naive baseline is better
     assert gate(5.6, None, 7.0, policy).passed  # first model: baseline only
+
+
+def test_a_challenger_that_beats_a_stale_champion_is_promoted_even_below_the_baseline() -> None:
+    # After a lasting change the champion can fall behind the previous period's mean. Production
+    # serves the champion, not the baseline: keeping it would keep the worse model serving.
+    result = gate(5.6, 6.0, 5.5, GatePolicy(min_improvement=0.05))
+    assert result.passed and result.rule == "stale_champion"
+    assert "not surely better than the baseline" in result.reason and "beats the champion" in result.reason
+    assert result.vs_champion is not None and result.vs_champion.high < 0
+
+
+def test_a_challenger_that_beats_a_stale_champion_on_the_level_only_is_rejected_below_the_baseline() -> None:
+    # Same residual errors, but the champion is 3 points off this period's level: the challenger
+    # has learnt the level, which the baseline knows as well and a step back in the label undoes.
+    n = 2000
+    noise = predictions(5.0, n, seed=1) - Y[:n]
+    result = passes_gate(Y[:n], Y[:n] + noise, Y[:n] + noise + 3.0, predictions(4.5, n, seed=3), GatePolicy())
+    assert result.vs_champion is not None and result.vs_champion.high < 0  # better than the champion...
+    assert not result.passed and result.rule == "baseline"  # ...only on the level
+
+
+def test_a_challenger_below_the_baseline_that_ties_the_champion_is_rejected() -> None:
+    result = gate(5.95, 6.0, 5.5, GatePolicy(), n=200)
+    assert not result.passed and result.rule == "baseline" and "not surely better" in result.reason
 
 
 def test_a_clearly_better_challenger_on_enough_rows_passes_with_its_evidence() -> None:

@@ -130,11 +130,20 @@ def passes_gate(
     2. ``non_finite``: a non-finite challenger or baseline RMSE: refuse, even with the gate disabled.
     3. ``gate_disabled``: promote unchecked (the study's policies).
     4. ``baseline``: the challenger's RMSE minus the baseline's must have an upper bound (one-sided,
-       at ``policy.confidence``, paired bootstrap) below zero.
+       at ``policy.confidence``, paired bootstrap) below zero, unless rule 7 promotes it.
     5. ``first_model`` / ``broken_champion``: without a champion, or with one whose predictions are
        not finite (so a broken champion can be replaced), beating the baseline is enough.
     6. ``champion``: the challenger must be ``policy.min_improvement`` better than the champion and
        the upper bound of its RMSE minus the champion's must be below zero.
+    7. ``stale_champion``: a challenger that passes rule 6 but not rule 4 is promoted all the same
+       if it is also surely better than the champion with each model's mean error on the held-out
+       rows removed (:func:`_beyond_level`). Production serves the champion, never the baseline:
+       after a lasting change of what drives the label, refusing such a challenger keeps the worse
+       of the two models serving (in the drift lab's concept scenarios the old rule kept the
+       pre-change champion for six years while each year's challenger beat it by 0.5-1.5 points).
+       A challenger that wins on the level only is not promoted by this rule: it has learnt this
+       period's level, which the baseline knows too and which a level step back undoes (the lab's
+       recurring label scenario). The reason says that neither model beats the baseline.
     """
     y = np.asarray(y_true, dtype=float)
     n = len(y)
@@ -179,12 +188,27 @@ def passes_gate(
     vs_baseline = intervals[0]
     vs_champion = intervals[1] if healthy_champion else None
     level = f"{policy.confidence:.0%}"
+    not_above_baseline = (
+        f"challenger RMSE {challenger_rmse:.2f} is not surely better than the baseline {baseline_rmse:.2f} "
+        f"on {n} rows (difference {vs_baseline}, {level} bounds)"
+    )
     if vs_baseline.high >= 0:
+        beyond_level = _beyond_level(y, challenger, champion, policy) if vs_champion is not None else None
+        if (
+            beyond_level is None
+            or champion_rmse is None
+            or challenger_rmse > champion_rmse * (1 - policy.min_improvement)
+            or vs_champion is None
+            or vs_champion.high >= 0
+            or beyond_level.high >= 0
+        ):
+            return result(False, "baseline", not_above_baseline)
         return result(
-            False,
-            "baseline",
-            f"challenger RMSE {challenger_rmse:.2f} is not surely better than the baseline {baseline_rmse:.2f} "
-            f"on {n} rows (difference {vs_baseline}, {level} bounds)",
+            True,
+            "stale_champion",
+            f"{not_above_baseline}, but it beats the champion's {champion_rmse:.2f} (difference {vs_champion}; "
+            f"{beyond_level} with each model's mean error removed): promoted, since production serves the "
+            "champion, not the baseline",
         )
     if champion_rmse is None:
         return result(
@@ -221,6 +245,26 @@ def passes_gate(
         f"challenger RMSE {challenger_rmse:.2f} beats the champion {champion_rmse:.2f} "
         f"(difference {vs_champion}) and the baseline {baseline_rmse:.2f} on {n} rows",
     )
+
+
+def _beyond_level(
+    y: np.ndarray, challenger: np.ndarray | pd.Series, champion: np.ndarray | pd.Series | None, policy: GatePolicy
+) -> Interval | None:
+    """The challenger's RMSE minus the champion's once each model's mean error on these rows is
+    removed: what the challenger learnt besides the period's level (paired bootstrap, as the gate)."""
+    if champion is None:
+        return None
+    errors = [y - np.asarray(pred, dtype=float) for pred in (challenger, champion)]
+    challenger_sq, champion_sq = ((e - e.mean()) ** 2 for e in errors)
+    if not (np.isfinite(challenger_sq).all() and np.isfinite(champion_sq).all()):
+        return None
+    return paired_difference(
+        challenger_sq,
+        [champion_sq],
+        confidence=policy.confidence,
+        resamples=policy.bootstrap_resamples,
+        seed=policy.bootstrap_seed,
+    )[0]
 
 
 def _root_mean(squared: np.ndarray) -> float:
