@@ -258,7 +258,9 @@ class GatePolicy:
     min_batch_rows: PositiveInt = 100
     # Uncertainty: a paired bootstrap of the held-out squared errors (evaluate.paired_difference).
     # A challenger passes only if the one-sided upper bound, at this confidence, of its RMSE minus
-    # the champion's (and minus the baseline's) is below zero: better by more than noise.
+    # the champion's (and minus the baseline's) is below zero: better by more than noise. One that
+    # is surely better than a champion the baseline beats passes without beating the baseline
+    # (evaluate.passes_gate, rule stale_champion).
     confidence: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.9
     bootstrap_resamples: PositiveInt = 1000
     bootstrap_seed: NonNegativeInt = 0
