@@ -103,6 +103,20 @@ def test_trend_level_extrapolates_the_last_means_before_the_period() -> None:
     assert np.isnan(trend_level(means, 2009, window=4))
 
 
+def test_a_step_in_the_level_restarts_the_trend_instead_of_becoming_a_slope() -> None:
+    # Flat at 55, then one +8 step: a line through the window reads the step as a slope.
+    means = pd.Series({2013: 55.0, 2014: 55.0, 2015: 55.0, 2016: 63.0, 2017: 63.0})
+    assert trend_level(means, 2018, window=4) == pytest.approx(67.0)
+    assert trend_level(means, 2018, window=4, step=5.0) == pytest.approx(63.0)  # the means since the step
+    assert trend_level(means, 2017, window=4, step=5.0) == 63.0  # one mean since the step: that mean
+    # A blip that reverts is two steps: the level follows the newest.
+    blip = pd.Series({2013: 55.0, 2014: 55.0, 2015: 63.0, 2016: 55.0})
+    assert trend_level(blip, 2017, window=4, step=5.0) == 55.0
+    # Smaller moves are the trend: the same line as without the rule.
+    rising = pd.Series({2011: 50.0, 2012: 52.0, 2013: 54.0, 2014: 57.0})
+    assert trend_level(rising, 2015, window=4, step=5.0) == pytest.approx(trend_level(rising, 2015, window=4))
+
+
 def test_update_grows_the_vocabulary_and_replaces_a_rerun_period() -> None:
     first = LabelHistory.from_labelled(_years(2010), COLUMNS)
     newcomer = make_tracks(2011, n=50, seed=5).assign(artist_name="Newcomer")

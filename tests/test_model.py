@@ -110,6 +110,27 @@ def test_a_known_period_is_scored_at_its_own_level() -> None:
     assert model.level(pd.Series([2012]))[0] == pytest.approx(past.loc[past["year"] == 2012, "popularity"].mean())
 
 
+def test_a_step_of_the_yearly_mean_is_not_extrapolated_as_a_slope() -> None:
+    model, past = _trained()
+    means = past.groupby("year")["popularity"].mean()
+    # The level rises ~3 a year: far less than a residual sd a year, so the trend is a line.
+    assert model.level_step == pytest.approx(model.residual_std)
+    assert model.level(pd.Series([2013]))[0] == pytest.approx(means[2012] + (means[2012] - means[2010]) / 2, abs=0.5)
+    # 2012's mean jumps by two residual sds: the level of 2013 restarts at it instead of
+    # extrapolating the jump; with the rule off (step_sds 0) the line overshoots.
+    jump = 2 * model.residual_std
+    stepped = dataclasses.replace(
+        model, history=dataclasses.replace(model.history, period_means=means.add(pd.Series({2012: jump}), fill_value=0))
+    )
+    assert stepped.level(pd.Series([2013]))[0] == pytest.approx(means[2012] + jump)
+    off = dataclasses.replace(
+        stepped,
+        config=dataclasses.replace(model.config, features=dataclasses.replace(model.config.features, step_sds=0.0)),
+    )
+    assert off.level_step is None
+    assert off.level(pd.Series([2013]))[0] > means[2012] + jump + 3
+
+
 def test_fit_rows_alone_set_a_period_level() -> None:
     frame = _artist_year(2010, seed=1)
     fit = np.arange(len(frame)) % 5 != 0

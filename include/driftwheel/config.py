@@ -276,6 +276,10 @@ class FeatureConfig:
     decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.75
     # Yearly means in the linear trend of the label level.
     trend_window: PositiveInt = 4
+    # Two consecutive yearly means this many residual standard deviations apart are a step, not a
+    # slope: the trend restarts after it (features.trend_level). 0: never. The seed data's means
+    # move by at most 0.47 sd a year (2017); the drift lab's label presets step by about 1.3.
+    step_sds: NonNegativeFloat = 1.0
 
 
 @dataclass(frozen=True, config=_STRICT_FIELDS)

@@ -11,7 +11,7 @@ Two kinds of facts describe a track of period ``t``:
   words in the title, whether the song is the album's title track, the audio features.
 
 Popularity follows the label shift with :func:`trend_level` (a straight line through the last
-yearly means, extrapolated); the network learns only the residual around it.
+yearly means, extrapolated, restarted after a step); the network learns only the residual around it.
 
 Row order and the frame's index are never inputs: every batch statistic is a group count, and
 rows are matched to history by name. Columns are configuration (:class:`FeatureColumns`): a data
@@ -94,12 +94,20 @@ def base_title(title: object) -> str:
     return stripped or text.strip().lower()
 
 
-def trend_level(period_means: pd.Series, period: int, window: int) -> float:
+def trend_level(period_means: pd.Series, period: int, window: int, step: float | None = None) -> float:
     """The label level expected in ``period``: a line through the last ``window`` means before it.
 
-    Uses only means of periods ``< period``; one past period gives its mean, none gives NaN.
+    Uses only means of periods ``< period``; one past period gives its mean, none gives NaN. With
+    ``step``, a change of more than ``step`` between two consecutive means in the window is a step
+    in the level, not a slope: the line goes through the means from the newest step on only (one
+    mean after it gives that mean). A least-squares line through a one-off step reads it as a
+    slope and extrapolates it for ``window`` periods.
     """
     past = period_means[period_means.index < period].sort_index().iloc[-window:]
+    if step is not None and len(past) > 1:
+        jumps = np.flatnonzero(np.abs(np.diff(past.to_numpy(float))) > step)
+        if len(jumps):
+            past = past.iloc[jumps[-1] + 1 :]
     if len(past) == 0:
         return float("nan")
     if len(past) == 1:

@@ -1,10 +1,10 @@
 """The popularity regressors and how each strategy trains them.
 
 ``trend_residual`` (the default, :class:`TrendResidualModel`): prediction = the label level of
-the row's period (:func:`driftwheel.features.trend_level`, a line through the last yearly means)
-plus the mean of a small ensemble of MLPs that predict the residual from audio, label-history and
-batch features (:mod:`driftwheel.features`). The label history, the scalers and a replay buffer
-of earlier rows travel in the artifact. A retrain fine-tunes every member for a few epochs on the
+the row's period (:func:`driftwheel.features.trend_level`, a line through the last yearly means
+that restarts after a step) plus the mean of a small ensemble of MLPs that predict the residual
+from audio, label-history and batch features (:mod:`driftwheel.features`). The label history, the
+scalers and a replay buffer of earlier rows travel in the artifact. A retrain fine-tunes every member for a few epochs on the
 new period plus replayed earlier rows, with nothing frozen: the history grows by the new period,
 new artists get rows, old ones stay.
 
@@ -275,6 +275,12 @@ class TrendResidualModel:
     def input_columns(self) -> tuple[str, ...]:
         return self.columns.inputs()
 
+    @property
+    def level_step(self) -> float | None:
+        """A change of the yearly mean that counts as a step (FeatureConfig.step_sds residual sds)."""
+        sds = self.config.features.step_sds
+        return sds * self.residual_std if sds else None
+
     def level(self, periods: pd.Series) -> np.ndarray:
         """The label level of each row's period.
 
@@ -287,7 +293,7 @@ class TrendResidualModel:
         levels = {
             int(p): float(known[int(p)])
             if int(p) in known.index
-            else trend_level(known, int(p), self.config.features.trend_window)
+            else trend_level(known, int(p), self.config.features.trend_window, self.level_step)
             for p in periods.unique()
         }
         return periods.astype(int).map(levels).to_numpy(float)
