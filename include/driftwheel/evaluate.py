@@ -192,16 +192,15 @@ def passes_gate(
         f"challenger RMSE {challenger_rmse:.2f} is not surely better than the baseline {baseline_rmse:.2f} "
         f"on {n} rows (difference {vs_baseline}, {level} bounds)"
     )
+    beats_champion = (
+        vs_champion is not None
+        and champion_rmse is not None
+        and challenger_rmse <= champion_rmse * (1 - policy.min_improvement)
+        and vs_champion.high < 0
+    )
     if vs_baseline.high >= 0:
-        beyond_level = _beyond_level(y, challenger, champion, policy) if vs_champion is not None else None
-        if (
-            beyond_level is None
-            or champion_rmse is None
-            or challenger_rmse > champion_rmse * (1 - policy.min_improvement)
-            or vs_champion is None
-            or vs_champion.high >= 0
-            or beyond_level.high >= 0
-        ):
+        beyond_level = _beyond_level(y, challenger, champion, policy) if beats_champion else None
+        if beyond_level is None or beyond_level.high >= 0:
             return result(False, "baseline", not_above_baseline)
         return result(
             True,

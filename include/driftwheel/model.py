@@ -4,9 +4,9 @@
 the row's period (:func:`driftwheel.features.trend_level`, a line through the last yearly means
 that restarts after a step) plus the mean of a small ensemble of MLPs that predict the residual
 from audio, label-history and batch features (:mod:`driftwheel.features`). The label history, the
-scalers and a replay buffer of earlier rows travel in the artifact. A retrain fine-tunes every member for a few epochs on the
-new period plus replayed earlier rows, with nothing frozen: the history grows by the new period,
-new artists get rows, old ones stay.
+scalers and a replay buffer of earlier rows travel in the artifact. A retrain fine-tunes every
+member for a few epochs on the new period plus replayed earlier rows, with nothing frozen: the
+history grows by the new period, new artists get rows, old ones stay.
 
 ``transfer`` and ``full`` (:class:`TrainedModel`): the study's dense 32-32-32-50-1 network on the
 audio features. Scalers are fitted on the training data only and travel with the network.
