@@ -180,7 +180,9 @@ def test_a_model_saved_before_the_feature_knobs_had_their_own_section_still_load
     model, _ = _trained((2010, 2011))
     files = save(model, tmp_path)
     saved = json.loads(files["preprocessing"].read_text())
-    flat = {k: v for k, v in saved["config"].items() if k != "features"} | saved["config"]["features"]
+    # The old format: the three knobs of that time at the top level, no later ones (step_sds).
+    old_knobs = {k: saved["config"]["features"][k] for k in ("shrinkage", "decay", "trend_window")}
+    flat = {k: v for k, v in saved["config"].items() if k != "features"} | old_knobs
     files["preprocessing"].write_text(json.dumps({**saved, "config": flat}))
     loaded = load(files)
     assert isinstance(loaded, TrendResidualModel) and loaded.config == model.config
