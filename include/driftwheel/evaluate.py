@@ -199,7 +199,9 @@ def passes_gate(
         and vs_champion.high < 0
     )
     if vs_baseline.high >= 0:
-        beyond_level = _beyond_level(y, challenger, champion, policy) if beats_champion else None
+        beyond_level = (
+            _beyond_level(y, challenger, champion, policy) if beats_champion and champion is not None else None
+        )
         if beyond_level is None or beyond_level.high >= 0:
             return result(False, "baseline", not_above_baseline)
         return result(
@@ -247,16 +249,13 @@ def passes_gate(
 
 
 def _beyond_level(
-    y: np.ndarray, challenger: np.ndarray | pd.Series, champion: np.ndarray | pd.Series | None, policy: GatePolicy
-) -> Interval | None:
+    y: np.ndarray, challenger: np.ndarray | pd.Series, champion: np.ndarray | pd.Series, policy: GatePolicy
+) -> Interval:
     """The challenger's RMSE minus the champion's once each model's mean error on these rows is
-    removed: what the challenger learnt besides the period's level (paired bootstrap, as the gate)."""
-    if champion is None:
-        return None
+    removed: what the challenger learnt besides the period's level (paired bootstrap, as the gate).
+    The caller has checked that both RMSEs are finite, so every error is."""
     errors = [y - np.asarray(pred, dtype=float) for pred in (challenger, champion)]
     challenger_sq, champion_sq = ((e - e.mean()) ** 2 for e in errors)
-    if not (np.isfinite(challenger_sq).all() and np.isfinite(champion_sq).all()):
-        return None
     return paired_difference(
         challenger_sq,
         [champion_sq],
