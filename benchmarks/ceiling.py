@@ -24,19 +24,15 @@ could close with these inputs. Writes DIR/ceiling.json and DIR/ceiling.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prequential import base_settings
+from prequential import curate, data_arguments, settings_from, within_year_std
 
-from driftwheel import evaluate, steps, store
+from driftwheel import evaluate, store
 from driftwheel import model as model_lib
 from driftwheel.config import Settings
 
@@ -50,11 +46,7 @@ def _rmse(errors: np.ndarray) -> float:
 
 def curated_years(settings: Settings, years: list[int]) -> pd.DataFrame:
     """Every year's validated rows, curated exactly as the flywheel's validate step curates them."""
-    for year in years:
-        if not store.has_partition(settings.curated_dir, year):
-            steps.ingest_tracks(settings, year)
-            steps.validate_tracks(settings, year)
-            store.mark_finished(settings.curated_dir, year)  # curated only: no run to finish
+    curate(settings, [y for y in years if not store.has_partition(settings.curated_dir, y)])
     return store.read_partitions(settings.curated_dir, years)
 
 
@@ -119,37 +111,18 @@ def write_markdown(table: dict[str, dict[int, float]], path: Path, command: str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, help="CSV of tracks (default: the seed CSV if present, else synthetic)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--warmup-end", type=int, default=2014, help="the first model is trained at this year")
-    parser.add_argument("--last-year", type=int, default=2019)
-    parser.add_argument("--first-year", type=int, default=None, help="default: the data's first year")
-    parser.add_argument("--column-map", type=Path, help="JSON column map for the file source")
-    parser.add_argument("--synthetic", action="store_true", help="use the synthetic source even if the seed CSV exists")
-    parser.add_argument("--state", type=Path, help="where the curated data goes (default: OUT/state)")
+    data_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
+    settings, years, eval_years, data_label = settings_from(args)
     out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    settings, years, data_label = base_settings(args, (args.state or out / "state").resolve())
-    settings = dataclasses.replace(
-        settings, training=dataclasses.replace(settings.training, warmup_start=years[0], warmup_end=args.warmup_end)
-    )
-    eval_years = [y for y in years if y > args.warmup_end]
-    print(f"data: {data_label}; warm-up {years[0]}-{args.warmup_end}; scoring {eval_years}", flush=True)
     data = curated_years(settings, years)
-    target = settings.dataset.target
-    by_year = data.groupby(data[settings.dataset.period_column].astype(int))[target]
 
     served = production(settings, data, eval_years)
     table: dict[str, dict[int, float]] = {
         "production": {y: _rmse(e) for y, e in served.items()},
         "level known": {y: _rmse(e - e.mean()) for y, e in served.items()},
         "level and 80 % of labels known": {y: _rmse(labels_known(settings, data, y)) for y in eval_years},
-        "within-year std": {y: float(by_year.get_group(y).std(ddof=0)) for y in eval_years},
+        "within-year std": within_year_std(settings, eval_years),
     }
     command = "python benchmarks/ceiling.py " + " ".join(sys.argv[1:] if argv is None else argv)
     (out / "ceiling.json").write_text(json.dumps({row: table[row] for row in ROWS}, indent=2))

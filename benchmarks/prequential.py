@@ -130,6 +130,14 @@ def previous_mean(settings: Settings, policy: Policy, years: list[int]) -> Polic
     return result
 
 
+def curate(settings: Settings, years: list[int]) -> None:
+    """Ingest and validate ``years`` into ``settings``' curated data, as the flywheel's first two steps."""
+    for year in years:
+        steps.ingest_tracks(settings, year)
+        steps.validate_tracks(settings, year)
+        store.mark_finished(settings.curated_dir, year)  # curated only: no run to finish
+
+
 def within_year_std(settings: Settings, years: list[int]) -> dict[int, float]:
     """RMSE of knowing each year's mean exactly (an oracle, for reference only)."""
     target = settings.dataset.target
@@ -287,8 +295,8 @@ def base_settings(args: argparse.Namespace, state_root: Path) -> tuple[Settings,
     return settings, [p for p in periods if first <= p <= args.last_year], data.name
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say which data, which years and where the output goes (shared with ceiling.py)."""
     parser.add_argument("--data", type=Path, help="CSV of tracks (default: the seed CSV if present, else synthetic)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--warmup-end", type=int, default=2014, help="the first model is trained at this year")
@@ -298,16 +306,18 @@ def main(argv: list[str] | None = None) -> int:
         "--column-map", type=Path, help="JSON column map for the file source (see config.load_column_map)"
     )
     parser.add_argument("--synthetic", action="store_true", help="use the synthetic source even if the seed CSV exists")
-    parser.add_argument("--state", type=Path, help="where the policies' state goes (default: OUT/state)")
-    parser.add_argument("--policies", nargs="*", default=[p.name for p in POLICIES], choices=[p.name for p in POLICIES])
-    args = parser.parse_args(argv)
+    parser.add_argument("--state", type=Path, help="where the state goes (default: OUT/state)")
+
+
+def settings_from(args: argparse.Namespace) -> tuple[Settings, list[int], list[int], str]:
+    """(settings with the warm-up years, the data's years, the scored years, a label for the data),
+    after quieting the libraries' logs and making the output directory."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # MLflow's advice on integer columns and input examples repeats for every logged model.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow\.")
     # MLflow draws a progress bar for every model it downloads; the per-year lines are the progress.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     base, years, data_label = base_settings(args, (args.state or out / "state").resolve())
@@ -319,6 +329,16 @@ def main(argv: list[str] | None = None) -> int:
         f"data: {data_label}; years {years[0]}-{years[-1]}, warm-up until {args.warmup_end}; scoring {eval_years}",
         flush=True,
     )
+    return base, years, eval_years, data_label
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    data_arguments(parser)
+    parser.add_argument("--policies", nargs="*", default=[p.name for p in POLICIES], choices=[p.name for p in POLICIES])
+    args = parser.parse_args(argv)
+    base, years, eval_years, data_label = settings_from(args)
+    out = args.out.resolve()
 
     results: list[PolicyResult] = []
     curated_from: Settings | None = None
@@ -329,10 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         curated_from = curated_from or dataclasses.replace(base, state_dir=base.state_dir / policy.name)
     if curated_from is None:  # only previous_mean asked for: validate the data once
         curated_from = dataclasses.replace(base, state_dir=base.state_dir / "data")
-        for year in years:
-            steps.ingest_tracks(curated_from, year)
-            steps.validate_tracks(curated_from, year)
-            store.mark_finished(curated_from.curated_dir, year)  # curated only: no run to finish
+        curate(curated_from, years)
     baseline = next(p for p in POLICIES if p.name == "previous_mean")
     if baseline.name in args.policies:
         results.insert(min(3, len(results)), previous_mean(curated_from, baseline, eval_years))
